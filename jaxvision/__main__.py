@@ -1,0 +1,145 @@
+"""The command line: ``python -m jaxvision <command> ...``.
+
+Commands: ``train``, ``eval``, ``list``, ``summary``, ``bench``, ``data prepare``, ``data show``.
+Config overrides follow the other flags as ``--config.<key>=<value>`` (or ``--config.<key> <value>``).
+Commands that report numbers print one JSON object on the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+import numpy as np
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates ``--config.k=v`` / ``--config.k v`` overrides from the other arguments."""
+    rest, overrides = [], []
+    argv = list(argv)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            if "=" in arg:
+                overrides.append(arg[2:])
+            elif i + 1 < len(argv):
+                overrides.append(f"{arg[2:]}={argv[i + 1]}")
+                i += 1
+            else:
+                raise SystemExit(f"error: {arg} needs a value (--config.KEY=VALUE)")
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jaxvision", description=__doc__.splitlines()[0],
+                                epilog="Config overrides: --config.KEY=VALUE after the flags, e.g. "
+                                       "--config.train.steps=100.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train (or resume) an experiment config in a workdir")
+    t.add_argument("--config", required=True, help="experiments/<task>.py:<name>")
+    t.add_argument("--workdir", required=True)
+    t.add_argument("--force", action="store_true", help="resume even if the config changed")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e = sub.add_parser("eval", help="evaluate a checkpoint; prints the metrics as JSON")
+    e.add_argument("--config", required=True)
+    e.add_argument("--workdir", required=True)
+    e.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
+    sub.add_parser("list", help="list experiments and their named configs")
+    s = sub.add_parser("summary", help="per-layer table: output shape, parameters, FLOPs")
+    s.add_argument("--config", required=True)
+    b = sub.add_parser("bench", help="time the compiled train step")
+    b.add_argument("--config", required=True)
+    b.add_argument("--steps", type=int, default=20)
+    d = sub.add_parser("data", help="data commands: prepare, show")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dp = dsub.add_parser("prepare", help="prepare a TFDS dataset (needs the 'prepare' extra)")
+    dp.add_argument("name")
+    dp.add_argument("--manual_dir", default=None)
+    dp.add_argument("--data_dir", default=None)
+    ds = dsub.add_parser("show", help="save a PNG grid of examples with their targets drawn")
+    ds.add_argument("--config", required=True)
+    ds.add_argument("--out", required=True)
+    ds.add_argument("--split", default=None, help="default: the config's data.train_split")
+    ds.add_argument("--num", type=int, default=6)
+    ds.add_argument("--transformed", action="store_true",
+                    help="show examples after the training transforms (as the model sees them)")
+    return p
+
+
+def _json_default(x):
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return str(x)
+
+
+def _print_json(obj: dict) -> None:
+    print(json.dumps(obj, default=_json_default), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    rest, overrides = _split_overrides(argv)
+    args = _parser().parse_args(rest)
+    from jaxvision.config import ConfigError, get_config
+    from jaxvision.data.example import ExampleError
+    from jaxvision.data.source import DataError
+    try:
+        return _run(args, overrides, get_config)
+    except (ConfigError, DataError, ExampleError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # TrainingError and friends: message only, no XLA traceback
+        from jaxvision.train.loop import TrainingError
+        if isinstance(e, TrainingError):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _run(args, overrides, get_config) -> int:
+    if args.command == "list":
+        from jaxvision.config import list_experiments
+        for spec, _, doc in list_experiments():
+            print(f"{spec:55s} {doc}")
+        return 0
+    if args.command == "data" and args.data_command == "prepare":
+        from jaxvision.data import tfds_source
+        path = tfds_source.prepare(args.name, args.manual_dir, args.data_dir)
+        print(f"prepared {args.name} in {path}")
+        return 0
+    config = get_config(args.config, overrides)
+    if args.command == "train":
+        from jaxvision.train.loop import train
+        results = train(config, args.workdir, experiment=args.config, force=args.force,
+                        progress=not args.no_progress)
+        _print_json({k: v for k, v in results.items() if np.ndim(v) == 0})
+    elif args.command == "eval":
+        from jaxvision.train.loop import evaluate_checkpoint
+        results = evaluate_checkpoint(config, args.workdir, checkpoint=args.checkpoint,
+                                      experiment=args.config)
+        _print_json({k: v for k, v in results.items() if np.ndim(v) == 0})
+    elif args.command == "summary":
+        from jaxvision.train.bench import summary
+        table, totals = summary(config, args.config)
+        print(table)
+        _print_json(totals)
+    elif args.command == "bench":
+        from jaxvision.train.bench import bench
+        _print_json(bench(config, args.config, steps=args.steps))
+    elif args.command == "data" and args.data_command == "show":
+        from jaxvision.data.show import show
+        out = show(config, args.out, split=args.split, num=args.num, transformed=args.transformed)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

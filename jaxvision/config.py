@@ -1,0 +1,189 @@
+"""Experiment configs: ``experiments/<task>.py:<name>``, command-line overrides, and diffs.
+
+An experiment module defines ``CONFIGS``, a dict from config name to a function returning an
+``ml_collections.ConfigDict``. Every config holds at least the keys of ``base_config()``.
+Overrides are ``--config.<dotted.key>=<value>``; values are parsed as Python literals when they
+can be (``3``, ``0.1``, ``True``, ``(1, 2)``, ``None``) and kept as strings otherwise.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterable
+
+import ml_collections
+
+from jaxvision.data.config import data_config
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[1] / "experiments"
+
+
+class ConfigError(ValueError):
+    """A config path, name or override is wrong; the message says how to fix it."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Keys every experiment has (the command-line contract), with defaults."""
+    from jaxvision.optim import optim_config
+    return ml_collections.ConfigDict(dict(
+        seed=0,
+        data=data_config(),
+        model=ml_collections.ConfigDict(dict(name="small_cnn")),
+        optim=optim_config(),
+        train=ml_collections.ConfigDict(dict(
+            batch_size=128,          # global, over all devices and processes
+            eval_batch_size=256,
+            steps=1000,
+            eval_every=500,          # 0 = only at the end
+            checkpoint_every=500,
+            log_every=50,
+            keep_checkpoints=3,
+            best_metric="accuracy",  # eval metric that picks the 'best' checkpoint ('' = none)
+            best_mode="max",
+            early_stopping_patience=0,   # evaluations without improvement; 0 = off
+            mixed_precision=False,   # bfloat16 compute, float32 params and optimizer state
+            async_checkpoint=True,
+        )),
+        # strategy 'jit' or 'pmap'; num_devices 0 = all devices, n = the first n (single process)
+        parallel=ml_collections.ConfigDict(dict(strategy="jit", num_devices=0)),
+    ))
+
+
+def load_module(path: str | Path) -> ModuleType:
+    """Imports an experiment file by path (``experiments/classification.py``)."""
+    path = Path(path)
+    if not path.is_file():
+        alt = EXPERIMENTS_DIR / path.name
+        if alt.is_file():
+            path = alt
+        else:
+            known = ", ".join(sorted(p.name for p in EXPERIMENTS_DIR.glob("*.py") if p.name[0] != "_"))
+            raise ConfigError(f"experiment file {str(path)!r} not found; experiments: {known}.")
+    name = f"jaxvision_experiment_{path.stem}"
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path.resolve()):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path.resolve())
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``'experiments/classification.py:default'`` -> (path, name); the name defaults to 'default'."""
+    path, _, name = spec.partition(":")
+    return path, (name or "default")
+
+
+def get_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """Loads ``path:name`` and applies ``overrides`` (``['train.steps=10', ...]``)."""
+    path, name = split_spec(spec)
+    module = load_module(path)
+    configs = getattr(module, "CONFIGS", None)
+    if not isinstance(configs, dict):
+        raise ConfigError(f"{path} defines no CONFIGS dict (name -> function returning a ConfigDict).")
+    if name not in configs:
+        close = difflib.get_close_matches(name, list(configs), n=3)
+        raise ConfigError(f"{path} has no config {name!r}; it has: {', '.join(configs)}."
+                          + (f" Did you mean {close[0]!r}?" if close else ""))
+    config = configs[name]()
+    for override in overrides:
+        apply_override(config, override)
+    return config
+
+
+def _leaf_keys(config: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in config.items():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, ml_collections.ConfigDict):
+            keys.extend(_leaf_keys(v, full + "."))
+    return keys
+
+
+def parse_value(text: str) -> Any:
+    """Parses an override value as a Python literal, falling back to the plain string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
+    """Applies one ``key=value`` override in place; unknown keys fail listing close matches."""
+    key, sep, raw = override.partition("=")
+    key = key.strip().removeprefix("--").removeprefix("config.")
+    if not sep:
+        raise ConfigError(f"override {override!r} is not of the form --config.KEY=VALUE.")
+    parent, leaf = config, key
+    *parents, leaf = key.split(".")
+    for p in parents:
+        if not isinstance(parent, ml_collections.ConfigDict) or p not in parent:
+            parent = None
+            break
+        parent = parent[p]
+    if parent is None or not isinstance(parent, ml_collections.ConfigDict) or leaf not in parent:
+        close = difflib.get_close_matches(key, _leaf_keys(config), n=5, cutoff=0.5)
+        raise ConfigError(f"unknown config key {key!r}." +
+                          (f" Close matches: {', '.join(close)}." if close else
+                           " Run `python -m jaxvision list` to see the experiments' configs."))
+    value = parse_value(raw)
+    old = parent[leaf]
+    if isinstance(old, ml_collections.ConfigDict):
+        raise ConfigError(f"{key!r} is a group of keys, not a value; override its keys "
+                          f"({', '.join(old.keys())}).")
+    # Keep a field's type: an int field given "0.5" must fail; a float field given "1" is 1.0.
+    if isinstance(old, bool) and not isinstance(value, bool):
+        raise ConfigError(f"{key!r} is a bool; got {raw!r} (use True or False).")
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(old, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if isinstance(old, tuple) and isinstance(value, str):
+        value = (value,)
+    try:
+        parent[leaf] = value
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"cannot set {key!r} to {raw!r}: {e}") from None
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict:
+    """A plain, JSON-able dict of the config (tuples become lists)."""
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+    return hashlib.sha256(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Lines ``key: old -> new`` for every leaf that differs between two config dicts."""
+    lines = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines.extend(diff(a, b, f"{prefix}{k}."))
+        elif a != b:
+            lines.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return lines
+
+
+def list_experiments(directory: Path = EXPERIMENTS_DIR) -> list[tuple[str, str, str]]:
+    """Returns ``(spec, name, first docstring line)`` for every named config of every experiment."""
+    rows = []
+    for path in sorted(directory.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        module = load_module(path)
+        for name, fn in getattr(module, "CONFIGS", {}).items():
+            doc = (fn.__doc__ or "").strip().splitlines()
+            rows.append((f"experiments/{path.name}:{name}", name, doc[0] if doc else ""))
+    return rows

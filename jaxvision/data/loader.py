@@ -1,0 +1,266 @@
+"""Batches from a source: the order of examples, per-example transforms, padding, host sharding.
+
+The order is a pure function of ``(seed, global step)``, so every process, every worker and every
+restart agrees on it without talking to each other:
+
+* ``train`` mode runs forever. Epoch ``e`` visits ``permutation(seed, e)`` of the source in
+  ``N // B`` global batches (the remainder is dropped); with ``sampler='pk'`` each global batch
+  holds ``P`` identities x ``K`` images (for triplet / metric learning).
+* ``eval`` mode visits every example once, in order; the last global batch is padded with
+  copies of example 0 whose ``valid`` flag is False, so no example is lost or counted twice.
+
+A global batch of ``B`` examples is split into ``process_count`` contiguous slices of
+``B / process_count``; process ``p`` loads only slice ``p``. The global batch is therefore the
+same whatever the process count. Random transforms get ``np.random.default_rng([seed, epoch,
+index])``, so augmentation does not depend on the process count or on worker scheduling either.
+
+Loading runs on grain (``MapDataset`` -> ``batch`` -> ``IterDataset`` with optional
+``mp_prefetch`` worker processes). The iterator's ``get_state`` / ``set_state`` save and restore
+the position exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Iterator, Sequence
+
+import grain
+import numpy as np
+
+from jaxvision.data.example import Example, validate_example
+from jaxvision.data.source import DataError, Source
+
+Transform = Callable[[Example, np.random.Generator], Example]
+
+# Train iterators are "infinite": grain needs a length, and 2**40 slots is ~34 billion steps.
+_INFINITE = 2**40
+
+
+def _identity_transform(example: Example, rng: np.random.Generator) -> Example:
+    del rng
+    return example
+
+
+@dataclasses.dataclass(frozen=True)
+class Order:
+    """Which example fills each slot. Pure and picklable: every worker recomputes it."""
+
+    num_examples: int
+    global_batch: int
+    seed: int
+    mode: str = "train"                 # 'train' or 'eval'
+    sampler: str = "random"             # 'random' or 'pk'
+    identities: tuple[int, ...] = ()    # identity of every example (pk sampler only)
+    pk: tuple[int, int] = (8, 4)        # (identities, images per identity) per batch
+    _cache: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.mode not in ("train", "eval"):
+            raise ValueError(f"mode must be 'train' or 'eval', got {self.mode!r}")
+        if self.global_batch <= 0:
+            raise DataError(f"train.batch_size must be positive, got {self.global_batch}.")
+        if self.mode == "train" and self.num_examples < self.global_batch:
+            raise DataError(f"the training split has {self.num_examples} examples, fewer than "
+                            f"train.batch_size={self.global_batch}: lower the batch size or use a "
+                            "larger split.")
+        if self.sampler == "pk":
+            p, k = self.pk
+            if p * k != self.global_batch:
+                raise DataError(f"sampler 'pk' needs train.batch_size == data.pk_identities * "
+                                f"data.pk_images, got {self.global_batch} != {p} * {k}.")
+            if len(self.identities) != self.num_examples:
+                raise DataError("sampler 'pk' needs the identity of every example; the source "
+                                "has no 'identity' key.")
+            if len(set(self.identities)) < p:
+                raise DataError(f"sampler 'pk' asks for {p} identities per batch but the split "
+                                f"has only {len(set(self.identities))}: lower data.pk_identities.")
+        elif self.sampler != "random":
+            raise DataError(f"data.sampler must be 'random' or 'pk', got {self.sampler!r}.")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Global batches per epoch (train drops the remainder; eval pads the last batch)."""
+        if self.mode == "eval":
+            return -(-self.num_examples // self.global_batch)
+        return self.num_examples // self.global_batch
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def _cached(self, key: tuple, make: Callable[[], np.ndarray]) -> np.ndarray:
+        if key not in self._cache:
+            if len(self._cache) >= 8:  # a few epochs / batches live at once at most
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return self._cached(("perm", epoch), lambda: np.random.default_rng(
+            [self.seed, epoch]).permutation(self.num_examples))
+
+    @functools.cached_property
+    def _by_identity(self) -> dict[int, np.ndarray]:
+        ids = np.asarray(self.identities)
+        return {int(i): np.flatnonzero(ids == i) for i in np.unique(ids)}
+
+    def _pk_batch(self, step: int) -> np.ndarray:
+        return self._cached(("pk", step), lambda: self._draw_pk(step))
+
+    def _draw_pk(self, step: int) -> np.ndarray:
+        p, k = self.pk
+        rng = np.random.default_rng([self.seed, self.epoch_of(step), step])
+        groups = self._by_identity
+        chosen = rng.choice(np.asarray(sorted(groups)), size=p, replace=False)
+        rows = [rng.choice(groups[int(c)], size=k, replace=len(groups[int(c)]) < k) for c in chosen]
+        return np.concatenate(rows)
+
+    def index(self, step: int, position: int) -> tuple[int, int, bool]:
+        """Returns ``(example index, epoch, valid)`` for slot ``position`` of global batch ``step``."""
+        if self.mode == "eval":
+            g = step * self.global_batch + position
+            return (g, 0, True) if g < self.num_examples else (0, 0, False)
+        epoch = self.epoch_of(step)
+        if self.sampler == "pk":
+            return int(self._pk_batch(step)[position]), epoch, True
+        within = (step % self.steps_per_epoch) * self.global_batch + position
+        return int(self._permutation(epoch)[within]), epoch, True
+
+
+class _LoadSlot:
+    """Maps a process-local slot number to a transformed example (grain map function)."""
+
+    def __init__(self, source: Source, order: Order, transform: Transform, local_batch: int,
+                 process_index: int, where: str):
+        self.source, self.order, self.transform = source, order, transform
+        self.local_batch, self.process_index, self.where = local_batch, process_index, where
+
+    def __call__(self, slot: int) -> Example:
+        step, offset = divmod(int(slot), self.local_batch)
+        index, epoch, valid = self.order.index(step, self.process_index * self.local_batch + offset)
+        example = validate_example(self.source[index], where=f"{self.where}[{index}]")
+        rng = np.random.default_rng([self.order.seed, epoch, index])
+        example = self.transform(example, rng)
+        example["index"] = np.int64(index)
+        example["valid"] = np.bool_(valid)
+        return example
+
+
+class _Collate:
+    """Stacks examples into a batch, padding ``boxes`` / ``box_classes`` to ``max_boxes``."""
+
+    def __init__(self, max_boxes: int, where: str):
+        self.max_boxes, self.where = max_boxes, where
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, np.ndarray]:
+        keys = examples[0].keys()
+        for ex in examples[1:]:
+            if ex.keys() != keys:
+                raise DataError(f"{self.where}: examples in one batch have different keys "
+                                f"({sorted(keys)} vs {sorted(ex.keys())}); a source must give "
+                                "every example the same keys.")
+        if "boxes" in keys:
+            examples = [self._pad_boxes(ex) for ex in examples]
+        batch = {}
+        for key in examples[0]:
+            values = [np.asarray(ex[key]) for ex in examples]
+            shapes = {v.shape for v in values}
+            if len(shapes) > 1:
+                raise DataError(f"{self.where}: '{key}' has different shapes within a batch "
+                                f"({sorted(shapes)[:3]}...); add a resize or crop to the "
+                                "transform pipeline (data.train_pp / data.eval_pp), e.g. 'resize(64)'.")
+            batch[key] = np.stack(values)
+        return batch
+
+    def _pad_boxes(self, ex: Example) -> Example:
+        boxes = np.asarray(ex["boxes"], np.float32).reshape(-1, 4)
+        n = boxes.shape[0]
+        if n > self.max_boxes:
+            raise DataError(f"{self.where}[{int(ex['index'])}] has {n} boxes, more than "
+                            f"data.max_boxes={self.max_boxes}; raise data.max_boxes "
+                            f"(e.g. --config.data.max_boxes={n}).")
+        ex = dict(ex)
+        ex["boxes"] = np.zeros((self.max_boxes, 4), np.float32)
+        ex["boxes"][:n] = boxes
+        classes = np.zeros((self.max_boxes,), np.int32)
+        if "box_classes" in ex:
+            classes[:n] = ex["box_classes"]
+            ex["box_classes"] = classes
+        ex["box_valid"] = np.arange(self.max_boxes) < n
+        return ex
+
+
+class Loader:
+    """An iterable of process-local batches (dicts of numpy arrays, leading axis = local batch).
+
+    ``iter(loader)`` starts at step 0; ``loader.iterator(state)`` resumes from a state saved with
+    ``get_state()`` on a previous iterator. ``len(loader)`` is the number of batches in eval mode
+    (one pass) and per epoch in train mode.
+    """
+
+    def __init__(self, source: Source, *, global_batch: int, seed: int = 0, mode: str = "train",
+                 transform: Transform | None = None, max_boxes: int = 16, sampler: str = "random",
+                 pk: tuple[int, int] = (8, 4), process_index: int = 0, process_count: int = 1,
+                 num_workers: int = 0, prefetch: int = 2):
+        if global_batch % process_count:
+            raise DataError(f"train.batch_size={global_batch} does not divide over "
+                            f"{process_count} processes; use a multiple of {process_count}.")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} not in [0, {process_count}).")
+        identities: tuple[int, ...] = ()
+        if sampler == "pk" and mode == "train":
+            identities = tuple(int(x) for x in source_identities(source))
+        self.source = source
+        self.order = Order(len(source), global_batch, seed, mode,
+                           sampler if mode == "train" else "random", identities, tuple(pk))
+        self.local_batch = global_batch // process_count
+        self.process_index, self.process_count = process_index, process_count
+        self.num_workers, self.prefetch = num_workers, prefetch
+        where = f"{source.info.name}[{source.info.split}]"
+        self._load = _LoadSlot(source, self.order, transform or _identity_transform,
+                               self.local_batch, process_index, where)
+        self._collate = _Collate(max_boxes, where)
+
+    def __len__(self) -> int:
+        return self.order.steps_per_epoch
+
+    @property
+    def global_batch(self) -> int:
+        return self.order.global_batch
+
+    def dataset(self) -> grain.IterDataset:
+        """The grain pipeline: slots -> examples -> local batches (-> worker processes)."""
+        steps = len(self) if self.order.mode == "eval" else _INFINITE
+        ds = grain.MapDataset.range(steps * self.local_batch).map(self._load)
+        ds = ds.batch(self.local_batch, drop_remainder=True, batch_fn=self._collate)
+        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, self.prefetch),
+                                                  prefetch_buffer_size=max(1, self.prefetch)))
+        if self.num_workers > 0:
+            # grain's worker processes read absl flags; programs not started by absl.app never
+            # parse them, so accept the defaults rather than crash.
+            from absl import flags
+            if not flags.FLAGS.is_parsed():
+                flags.FLAGS.mark_as_parsed()
+            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers))
+        return it
+
+    def iterator(self, state: dict[str, Any] | None = None) -> grain.DatasetIterator:
+        """A fresh iterator, positioned by ``state`` (from ``get_state()``) when given."""
+        it = iter(self.dataset())
+        if state is not None:
+            it.set_state(state)
+        return it
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self.iterator()
+
+
+def source_identities(source: Source) -> np.ndarray:
+    """Returns the (N,) int identities of a source (its ``identities()`` if it has one, else a scan)."""
+    fast = getattr(source, "identities", None)
+    if callable(fast):
+        return np.asarray(fast())
+    if "identity" not in source.info.keys:
+        raise DataError(f"{source.info.name}: sampler 'pk' needs an 'identity' per example, "
+                        "and this source has none.")
+    return np.asarray([int(source[i]["identity"]) for i in range(len(source))])

@@ -1,0 +1,213 @@
+"""Sources: random-access collections of examples, and the one place that builds them by name.
+
+A source is anything with ``info``, ``__len__`` and ``__getitem__(i) -> Example`` (see
+``example.py`` for the format). ``build_source(data_config, split)`` picks the source from
+``data_config.name``:
+
+* ``procedural``: the built-in scene generator (zero download, every target at once);
+* ``npz``, ``image_folder``, ``middlebury``, ``yolo``, ``oxford_pets``: local files under
+  ``data_config.path``;
+* any other name: a TensorFlow-Datasets dataset (``mnist``, ``cifar10``, ...; ``tfds:NAME`` also
+  works), read with ``tfds.data_source`` from ``data_config.data_dir``.
+
+Every split string may carry a slice, as in TFDS: ``train[:80%]``, ``train[1000:]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from jaxvision.data.example import Example
+
+LOCAL_SOURCES = ("procedural", "npz", "image_folder", "middlebury", "yolo", "oxford_pets")
+
+
+class DataError(ValueError):
+    """Bad data configuration or input; the message says what is wrong and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceInfo:
+    """What a source holds. Counts are None where the source has no such target."""
+
+    name: str
+    split: str
+    keys: tuple[str, ...]                    # keys every example of this source holds
+    num_classes: int | None = None           # image-level ``label``
+    class_names: tuple[str, ...] = ()
+    num_box_classes: int | None = None       # ``box_classes``
+    num_mask_classes: int | None = None      # ``mask`` (IGNORE_LABEL not counted)
+    num_identities: int | None = None        # ``identity``
+    max_disparity: float | None = None       # largest valid disparity, pixels
+
+
+@runtime_checkable
+class Source(Protocol):
+    info: SourceInfo
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Example: ...
+
+
+_SPLIT_RE = re.compile(r"^(?P<base>[\w\-+]+)(\[(?P<start>-?\d*%?):(?P<stop>-?\d*%?)\])?$")
+
+
+def parse_split(split: str) -> tuple[str, str | None, str | None]:
+    """Parses ``"train[10%:90%]"`` into ``("train", "10%", "90%")``; bounds are None if absent."""
+    m = _SPLIT_RE.match(split.replace(" ", ""))
+    if not m:
+        raise DataError(f"split {split!r} is not of the form NAME or NAME[start:stop] "
+                        "(e.g. 'train', 'train[:80%]', 'test[100:]').")
+    return m["base"], (m["start"] or None), (m["stop"] or None)
+
+
+def _bound(b: str | None, n: int, default: int) -> int:
+    if b is None:
+        return default
+    if b.endswith("%"):
+        return int(round(n * int(b[:-1]) / 100))
+    v = int(b)
+    return v + n if v < 0 else min(v, n)
+
+
+class SliceSource:
+    """A contiguous slice ``[start, stop)`` of another source."""
+
+    def __init__(self, source: Source, start: int, stop: int, split: str):
+        self._source, self._start, self._stop = source, start, stop
+        self.info = dataclasses.replace(source.info, split=split)
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __getitem__(self, index: int) -> Example:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {self.info.name}[{self.info.split}] "
+                             f"of length {len(self)}")
+        return self._source[self._start + index]
+
+    def __getattr__(self, name: str) -> Any:
+        # ``identities()`` of the wrapped source, cut to the slice (the pk sampler's fast path).
+        if name == "identities" and hasattr(self._source, "identities"):
+            return lambda: np.asarray(self._source.identities())[self._start:self._stop]
+        raise AttributeError(name)
+
+
+class KeySubset:
+    """Another source with only ``keys`` kept (``data.keys``): a task reads only what it needs,
+    and transforms such as the stereo flip see only those targets."""
+
+    def __init__(self, source: Source, keys: Sequence[str]):
+        missing = [k for k in keys if k not in source.info.keys]
+        if missing:
+            raise DataError(f"data.keys asks for {missing}, which {source.info.name} does not have; "
+                            f"it has: {', '.join(source.info.keys)}.")
+        self._source, self._keys = source, tuple(keys)
+        self.info = dataclasses.replace(source.info, keys=self._keys)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> Example:
+        example = self._source[index]
+        return {k: example[k] for k in self._keys}
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "identities" and hasattr(self._source, "identities"):
+            return self._source.identities
+        raise AttributeError(name)
+
+
+def apply_slice(source: Source, split: str) -> Source:
+    """Returns ``source`` restricted to the slice in ``split`` (the whole source if none)."""
+    _, start, stop = parse_split(split)
+    if start is None and stop is None:
+        return source
+    n = len(source)
+    a, b = _bound(start, n, 0), _bound(stop, n, n)
+    return SliceSource(source, a, max(a, b), split)
+
+
+def build_source(config: Any, split: str) -> Source:
+    """Builds the source named by ``config.name`` for ``split`` and checks it is not empty.
+
+    ``config`` is the experiment's ``data`` ConfigDict (see ``jaxvision.data.config``).
+    Raises ``DataError`` for an unknown name, a missing file, or an empty split.
+    """
+    name = str(config.name)
+    if name.startswith("tfds:"):
+        source = _tfds(config, name[len("tfds:"):], split)
+    elif name == "procedural":
+        from jaxvision.data import procedural
+        source = apply_slice(procedural.from_config(config, parse_split(split)[0]), split)
+    elif name in LOCAL_SOURCES:
+        from jaxvision.data import local
+        source = apply_slice(local.from_config(config, parse_split(split)[0]), split)
+    else:
+        source = _tfds(config, name, split)
+    keys = tuple(config.get("keys", ()) or ())
+    if keys:
+        source = KeySubset(source, keys if "image" in keys else ("image",) + keys)
+    if len(source) == 0:
+        raise DataError(f"split {split!r} of data '{name}' is empty; choose another split "
+                        "(data.train_split / data.eval_split) or a wider slice.")
+    return source
+
+
+def _tfds(config: Any, name: str, split: str) -> Source:
+    from jaxvision.data import tfds_source
+    if not tfds_source.is_registered(name):
+        close = difflib.get_close_matches(name, list(LOCAL_SOURCES) + tfds_source.registered_names(), n=5)
+        raise DataError(f"unknown dataset name {name!r} (data.name). Local sources: "
+                        f"{', '.join(LOCAL_SOURCES)}; any TFDS dataset name also works."
+                        + (f" Did you mean: {', '.join(close)}?" if close else ""))
+    return tfds_source.from_config(config, name, split)
+
+
+def num_outputs(info: SourceInfo, keys: Sequence[str] = ("label",)) -> int:
+    """Returns the class count for the first of ``keys`` the source has (for building heads)."""
+    counts = {"label": info.num_classes, "box_classes": info.num_box_classes,
+              "mask": info.num_mask_classes, "identity": info.num_identities}
+    for k in keys:
+        if counts.get(k):
+            return int(counts[k])
+    raise DataError(f"source {info.name} has no class count for any of {list(keys)}.")
+
+
+def take(source: Source, indices: Sequence[int]) -> list[Example]:
+    """Returns the examples at ``indices`` (a convenience for tests and plots)."""
+    return [source[int(i)] for i in np.asarray(indices).tolist()]
+
+
+class ArraySource:
+    """A source over in-memory arrays: ``arrays[key][i]`` is example ``i``'s value of ``key``.
+
+    Variable-length targets (``boxes``, ``box_classes``) may be given as lists of arrays.
+    """
+
+    def __init__(self, arrays: dict[str, Any], *, name: str = "arrays", split: str = "train",
+                 num_classes: int | None = None, num_identities: int | None = None,
+                 class_names: Sequence[str] = ()):
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if "image" not in arrays or len(set(lengths.values())) != 1:
+            raise DataError(f"ArraySource needs an 'image' array and equal lengths, got {lengths}.")
+        self._arrays = arrays
+        self.info = SourceInfo(name=name, split=split, keys=tuple(arrays), num_classes=num_classes,
+                               class_names=tuple(class_names), num_identities=num_identities)
+
+    def __len__(self) -> int:
+        return len(self._arrays["image"])
+
+    def __getitem__(self, index: int) -> Example:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {self.info.name} of length {len(self)}")
+        return {k: np.asarray(v[index]) for k, v in self._arrays.items()}
+
+    def identities(self) -> np.ndarray:
+        return np.asarray(self._arrays["identity"])

@@ -1,0 +1,1 @@
+"""Training core: train state, step, parallelism, logging and checkpoints."""

@@ -1,0 +1,299 @@
+"""The training loop every experiment runs through: ``train(config, workdir)``.
+
+It builds the data, the model and the optimizer from the config, resumes from the newest usable
+checkpoint in ``workdir`` (parameters, optimizer and model state, step, key and the data
+iterator's position, so stopping and resuming gives the same parameters as never stopping), runs
+the compiled step, evaluates over the whole eval split, saves checkpoints, and logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxvision import config as config_lib
+from jaxvision import optim
+from jaxvision.data.pipeline import make_loader
+from jaxvision.data.source import SourceInfo, build_source
+from jaxvision.experiment import Experiment, load_experiment
+from jaxvision.metrics import Accumulator
+from jaxvision.train import state as state_lib
+from jaxvision.train.checkpoint import Checkpointer
+from jaxvision.train.logs import MetricsWriter, read_metrics
+from jaxvision.train.parallel import Strategy
+from jaxvision.train.step import make_eval_step, make_train_step
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, config mismatch on resume); says why and what to do."""
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything built from a config, shared by train, eval and bench."""
+
+    config: Any
+    exp: Experiment
+    strategy: Strategy
+    info: SourceInfo
+    model: Any
+    optimizer: Any
+    state: state_lib.TrainState          # on the host, unreplicated
+    train_loader: Any
+    eval_loader: Any
+
+
+def build(config: Any, exp: Experiment) -> Run:
+    """Builds data, model, optimizer and a fresh state (nothing compiled, nothing restored)."""
+    n = int(config.parallel.get("num_devices", 0))
+    if n and jax.process_count() > 1:
+        raise TrainingError("parallel.num_devices only applies to single-process runs; leave it 0.")
+    if n > jax.device_count():
+        raise TrainingError(f"parallel.num_devices={n} but only {jax.device_count()} devices exist.")
+    strategy = Strategy(str(config.parallel.strategy), jax.devices()[:n] if n else None)
+    strategy.check_batch(int(config.train.batch_size))
+    strategy.check_batch(int(config.train.eval_batch_size))
+    data = config.data
+    train_source = build_source(data, data.train_split)
+    eval_source = build_source(data, data.eval_split)
+    train_loader = make_loader(data, data.train_split, mode="train", source=train_source,
+                               global_batch=int(config.train.batch_size), seed=int(config.seed))
+    eval_loader = make_loader(data, data.eval_split, mode="eval", source=eval_source,
+                              global_batch=int(config.train.eval_batch_size), seed=int(config.seed))
+    model = exp.build_model(config, train_source.info, axis_name=strategy.axis_name)
+    optimizer = optim.make_optimizer(config.optim, int(config.train.steps))
+    sample = next(iter(eval_loader))
+    sample = {k: v[:1] for k, v in sample.items()}
+    key = jax.random.key(int(config.seed))
+    init_key, state_key = jax.random.split(key)
+    init = jax.jit(functools.partial(exp.init_variables, config, model))
+    variables = jax.device_get(init(sample, init_key))
+    ema = float(config.optim.get("ema_decay", 0.0)) > 0
+    state = state_lib.create(variables, optimizer, state_key, ema)
+    return Run(config, exp, strategy, train_source.info, model, optimizer, state,
+               train_loader, eval_loader)
+
+
+def evaluate(run: Run, device_state: Any, eval_step: Any) -> dict:
+    """Metrics over the whole eval split: every example once, padding masked, sums exact."""
+    acc = Accumulator()
+    for batch in run.eval_loader:
+        acc.add(run.strategy.unreplicate(eval_step(device_state, run.strategy.put_batch(batch))))
+    return acc.result()
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps (save, then exit cleanly)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_resume_config(config: Any, meta: dict | None, force: bool) -> None:
+    if not meta or "config" not in meta:
+        return
+    old, new = dict(meta["config"]), config_lib.to_dict(config)
+    old.get("train", {}).pop("steps", None)
+    new.get("train", {}).pop("steps", None)
+    lines = config_lib.diff(old, new)
+    if lines and not force:
+        raise TrainingError("the workdir holds a run with a different config:\n  " + "\n  ".join(lines)
+                            + "\nUse another --workdir, undo the change, or pass --force to resume "
+                            "anyway (only train.steps may change freely).")
+
+
+def _restore(run: Run, ckpt: Checkpointer, which: str | int | None = None):
+    restored = ckpt.restore(run.state, step=which)
+    return restored
+
+
+def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | None = None,
+          force: bool = False, progress: bool = True, stop_at: int | None = None) -> dict:
+    """Trains (or resumes) ``config`` in ``workdir``; returns the final eval metrics.
+
+    ``stop_at`` interrupts the run after that step with a checkpoint, as a pre-emption would
+    (for time-sliced jobs and resume tests); training again in ``workdir`` continues it.
+
+    Stops early, with a checkpoint, on SIGTERM; raises ``TrainingError`` on a non-finite loss or
+    gradient (the last checkpoint, written before that step, stays intact).
+    """
+    workdir = Path(workdir)
+    exp = experiment if isinstance(experiment, Experiment) else load_experiment(
+        experiment or config.get("experiment", "experiments/classification.py"))
+    run = build(config, exp)
+    is_main = jax.process_index() == 0
+    tc = config.train
+    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=int(tc.keep_checkpoints),
+                        best_metric=str(tc.best_metric) or None, best_mode=str(tc.best_mode),
+                        async_save=bool(tc.async_checkpoint))
+    meta = {"config": config_lib.to_dict(config), "config_hash": config_lib.config_hash(config)}
+    data_state = None
+    host_state = run.state
+    if ckpt.latest_step() is not None:
+        _check_resume_config(config, ckpt.restore_meta(), force)
+        restored = _restore(run, ckpt)
+        host_state, data_state = restored.state, restored.data_state
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(json.dumps(meta["config"], indent=2))
+    start = int(host_state.step)
+    total = int(tc.steps)
+    writer = MetricsWriter(workdir, total_steps=total, initial_step=start, enabled=is_main,
+                           progress=progress)
+    if start:
+        writer.message(f"resumed from step {start} in {workdir}")
+    strategy = run.strategy
+    train_step = strategy.compile_train(
+        make_train_step(exp, run.model, run.optimizer, config, strategy.axis_name))
+    eval_step = strategy.compile_eval(make_eval_step(exp, run.model, config, strategy.axis_name))
+    device_state = strategy.put_state(host_state)
+    it = run.train_loader.iterator(data_state)
+    pending: list = []
+    results: dict = {}
+    best, since_best, stopped_early = None, 0, False
+    patience = int(tc.early_stopping_patience)
+    sign = 1.0 if tc.best_mode == "max" else -1.0
+
+    def check_finite() -> None:
+        bad = int(jax.device_get(strategy.unreplicate(device_state).bad_step))
+        if bad >= 0:
+            last = ckpt.latest_step()
+            raise TrainingError(f"loss or gradient is not finite at step {bad}; training stopped. "
+                                f"The last checkpoint ({'step ' + str(last) if last is not None else 'none'}) "
+                                "is intact. Lower optim.lr, add optim.grad_clip_norm, or check the data.")
+
+    saved = {"step": ckpt.latest_step()}
+
+    def save(step: int, metrics: dict | None = None, force_save: bool = False) -> None:
+        check_finite()
+        if saved["step"] == step:
+            return
+        saved["step"] = step
+        scalars = {k: float(v) for k, v in (metrics or {}).items() if np.ndim(v) == 0}
+        if not tc.best_metric or tc.best_metric not in scalars:
+            scalars = None  # a checkpoint without eval metrics never competes for 'best'
+        ckpt.save(step, strategy.unreplicate(device_state), data_state=it.get_state(), meta=meta,
+                  metrics=scalars, force=force_save)
+
+    def flush_train(step: int) -> None:
+        if not pending:
+            return
+        acc = Accumulator()
+        for m in pending:
+            acc.add(strategy.unreplicate(m))
+        pending.clear()
+        record = acc.result()
+        lr = optim.current_lr(strategy.unreplicate(device_state).opt_state)
+        if lr is not None:
+            record["lr"] = lr
+        writer.write(step, "train", record)
+
+    step = start
+    with _Preemption() as preempt:
+        try:
+            while step < total:
+                batch = strategy.put_batch(next(it))
+                device_state, metrics = train_step(device_state, batch)
+                pending.append(metrics)
+                step += 1
+                writer.advance(1)
+                if step % int(tc.log_every) == 0 or step == total:
+                    check_finite()
+                    flush_train(step)
+                do_eval = int(tc.eval_every) > 0 and step % int(tc.eval_every) == 0 and step < total
+                if do_eval:
+                    check_finite()
+                    results = evaluate(run, device_state, eval_step)
+                    writer.write(step, "eval", results)
+                    if tc.best_metric and tc.best_metric in results:
+                        value = sign * results[tc.best_metric]
+                        if best is None or value > best:
+                            best, since_best = value, 0
+                        else:
+                            since_best += 1
+                if (int(tc.checkpoint_every) > 0 and step % int(tc.checkpoint_every) == 0) or do_eval:
+                    save(step, results if do_eval else None)
+                if patience and since_best >= patience:
+                    writer.message(f"early stopping at step {step}: no improvement of "
+                                   f"{tc.best_metric} in {patience} evaluations")
+                    stopped_early = True
+                    break
+                if preempt.requested or (stop_at is not None and step >= stop_at and step < total):
+                    flush_train(step)
+                    save(step, force_save=True)
+                    ckpt.wait()
+                    why = "SIGTERM" if preempt.requested else f"stop_at={stop_at}"
+                    writer.message(f"{why}: saved a checkpoint at step {step} and stopped")
+                    writer.close()
+                    ckpt.close()
+                    return {"preempted": True, "step": step}
+            check_finite()
+            flush_train(step)
+            if stopped_early and ckpt.best_step() is not None:
+                ckpt.wait()
+                restored = ckpt.restore(run.state, step="best")
+                device_state = strategy.put_state(restored.state)
+                writer.message(f"restored the best parameters (step {restored.step})")
+            results = evaluate(run, device_state, eval_step)
+            writer.write(step, "eval", results)
+            save(step, results, force_save=True)
+            ckpt.wait()
+        finally:
+            writer.close()
+    ckpt.close()
+    if is_main:
+        finish(run, workdir, results)
+    return results
+
+
+def finish(run: Run, workdir: Path, results: dict) -> None:
+    """End-of-training outputs on process 0: curves PNG and the experiment's own report."""
+    from jaxvision import viz
+    records = read_metrics(workdir)
+    if records:
+        viz.plot_curves(records, str(workdir / "curves.png"), title=str(workdir.name))
+    if run.exp.report is not None:
+        run.exp.report(run.config, workdir, results, run.info)
+
+
+def evaluate_checkpoint(config: Any, workdir: str | Path, *, checkpoint: str = "latest",
+                        experiment: Experiment | str | None = None) -> dict:
+    """Restores ``checkpoint`` ('latest', 'best' or a step) from ``workdir`` and evaluates it."""
+    exp = experiment if isinstance(experiment, Experiment) else load_experiment(
+        experiment or config.get("experiment", "experiments/classification.py"))
+    run = build(config, exp)
+    ckpt = Checkpointer(Path(workdir) / "checkpoints", async_save=False,
+                        best_metric=str(config.train.best_metric) or None,
+                        best_mode=str(config.train.best_mode))
+    if ckpt.latest_step() is None:
+        raise TrainingError(f"no checkpoint in {Path(workdir) / 'checkpoints'}; train first with "
+                            "`python -m jaxvision train --config ... --workdir ...`.")
+    which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
+    restored = ckpt.restore(run.state, step=which)
+    ckpt.close()
+    eval_step = run.strategy.compile_eval(make_eval_step(exp, run.model, config, run.strategy.axis_name))
+    results = evaluate(run, run.strategy.put_state(restored.state), eval_step)
+    results["step"] = int(restored.step)
+    return results

@@ -1,0 +1,45 @@
+"""The train state: everything a step reads and writes, and everything a checkpoint holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step (int32 scalar), params, model_state (e.g. {'batch_stats': ...}), opt_state,
+    rng (uint32 key data, so it checkpoints as a plain array), ema_params (a copy of params when
+    Polyak averaging is on, else None) and bad_step (the first step whose loss or gradient was
+    not finite, -1 while all were)."""
+
+    step: jax.Array
+    params: Any
+    model_state: Any
+    opt_state: Any
+    rng: jax.Array
+    ema_params: Any = None
+    bad_step: jax.Array = None  # type: ignore[assignment]
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, **self.model_state}
+
+    def eval_variables(self) -> dict:
+        """Variables for evaluation: the EMA parameters when they are tracked."""
+        params = self.ema_params if self.ema_params is not None else self.params
+        return {"params": params, **self.model_state}
+
+
+def create(variables: dict, optimizer: Any, rng: jax.Array, ema: bool) -> TrainState:
+    """A fresh state at step 0 from ``model.init`` variables."""
+    params = variables["params"]
+    model_state = {k: v for k, v in variables.items() if k != "params"}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+        opt_state=optimizer.init(params), rng=jax.random.key_data(rng),
+        ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+        bad_step=jnp.full((), -1, jnp.int32))

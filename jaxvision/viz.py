@@ -1,0 +1,554 @@
+"""Pictures a person looks at: example grids, training curves, confusion matrices, bar charts.
+
+Every function writes one PNG and returns its path. Figures are built with
+``matplotlib.figure.Figure`` and rendered by ``FigureCanvasAgg`` directly, never through
+``pyplot``: no global backend switch, no global figure registry, safe to call from a training
+loop, a notebook with another backend, or a headless machine.
+
+Display conventions for examples (see ``jaxvision/data/example.py`` for the data conventions):
+
+* boxes are drawn at exactly their ``[y0, x0, y1, x1]`` pixel coordinates; each box has the
+  colour of its instance in the ``instance_mask`` panel (instance ``k`` is ``boxes[k - 1]``);
+* ``mask`` pixels equal to ``IGNORE_LABEL`` are grey, every class has its own colour;
+* disparities share one colour scale per row (left and right view), invalid pixels are black.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
+
+from jaxvision.data.example import IGNORE_LABEL, Example, ExampleError, disparity_valid
+from jaxvision.data.source import SourceInfo
+
+# Columns of the example grid, in display order; boxes and labels live on the "image" column.
+VIEW_KEYS = ("image", "mask", "instance_mask", "image_right", "disparity", "disparity_right")
+# Bookkeeping fields of a metrics.jsonl line that are not curves.
+NON_METRIC_KEYS = frozenset({"step", "split", "time", "wall_time", "timestamp", "epoch"})
+LR_KEYS = ("lr", "learning_rate")
+
+_IGNORE_RGB = np.array([0.55, 0.55, 0.55])
+_MASK_ALPHA = 0.6
+_PANEL_IN = 2.4  # inches per example panel (the longer image side)
+_WRAP_COLUMNS = 4
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------
+
+def _new_figure(width_in: float, height_in: float) -> Figure:
+    fig = Figure(figsize=(width_in, height_in), layout="constrained")
+    FigureCanvasAgg(fig)  # binds the Agg canvas to this figure only
+    return fig
+
+
+def _save(fig: Figure, out_path: str | os.PathLike, dpi: int) -> str:
+    path = os.fspath(out_path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png", facecolor="white")
+    return path
+
+
+# tab20 pairs a dark and a light shade of each hue (0/1, 2/3, ...): take the ten dark shades
+# first so that consecutive class ids (background 0 vs class 1) get different hues.
+_CLASS_ORDER = list(range(0, 20, 2)) + list(range(1, 20, 2))
+
+
+def _palette(index: int) -> np.ndarray:
+    """RGB colour in [0, 1] for a non-negative id (20 distinct colours, then cycles)."""
+    return np.asarray(colormaps["tab20"](_CLASS_ORDER[int(index) % 20])[:3])
+
+
+def _instance_colour(k: int) -> np.ndarray:
+    return _palette(k - 1)
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    return isinstance(value, (int, float, np.integer, np.floating))
+
+
+# --------------------------------------------------------------------------------------------
+# Examples
+# --------------------------------------------------------------------------------------------
+
+def image_for_display(image: np.ndarray) -> np.ndarray:
+    """Returns ``image`` (H, W, C), C in {1, 3}, as float64 RGB (H, W, 3) in [0, 1].
+
+    uint8 is divided by 255; float images already in [0, 1] are kept; anything else (e.g. a
+    mean/std-normalized image) is min-max rescaled to [0, 1] (a constant image becomes 0).
+    Non-finite values are shown as 0.
+    """
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        out = image.astype(np.float64) / 255.0
+    else:
+        out = image.astype(np.float64)
+        finite = np.isfinite(out)
+        out = np.where(finite, out, 0.0)
+        if finite.any():
+            lo, hi = out[finite].min(), out[finite].max()
+            if lo < 0.0 or hi > 1.0:
+                out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+    if out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return np.clip(out, 0.0, 1.0)
+
+
+def overlay_labels(image_rgb: np.ndarray, labels: np.ndarray, *, instance: bool = False) -> np.ndarray:
+    """Returns ``image_rgb`` (H, W, 3) in [0, 1] blended with one colour per id of ``labels`` (H, W).
+
+    The image is turned to gray first so that the colours keep their hue (a class looks the same
+    on every object and matches the legend). Semantic masks (``instance=False``): class ``c`` gets
+    palette colour ``c``, ``IGNORE_LABEL`` (and any other negative value) is grey. Instance
+    masks: 0 is left as the gray image, ``k >= 1`` gets the colour of box ``k - 1``.
+    """
+    labels = np.asarray(labels)
+    gray = np.asarray(image_rgb, dtype=np.float64) @ np.array([0.299, 0.587, 0.114])
+    out = np.repeat(gray[..., None], 3, axis=-1)
+    for value in np.unique(labels):
+        where = labels == value
+        if instance:
+            if value <= 0:
+                continue
+            colour = _instance_colour(int(value))
+        else:
+            colour = _IGNORE_RGB if value < 0 else _palette(int(value))
+        alpha = 0.8 if (not instance and value < 0) else _MASK_ALPHA
+        out[where] = (1.0 - alpha) * out[where] + alpha * colour
+    return out
+
+
+def _check_examples(examples: Sequence[Mapping[str, Any]]) -> None:
+    if isinstance(examples, Mapping):
+        raise ValueError("show_examples: `examples` is a single dict; pass a list of examples "
+                         "(e.g. [example]).")
+    if len(examples) == 0:
+        raise ValueError("show_examples: `examples` is empty; pass at least one example dict "
+                         "(e.g. jaxvision.data.source.take(source, range(8))).")
+    for i, ex in enumerate(examples):
+        where = f"examples[{i}]"
+        if not isinstance(ex, Mapping) or "image" not in ex:
+            keys = sorted(ex) if isinstance(ex, Mapping) else type(ex).__name__
+            raise ExampleError(f"{where} has no 'image' (got {keys}); every example needs an "
+                               "(H, W, C) 'image'.")
+        image = np.asarray(ex["image"])
+        for key in ("image", "image_right"):
+            if key not in ex:
+                continue
+            arr = np.asarray(ex[key])
+            if arr.ndim != 3 or arr.shape[-1] not in (1, 3):
+                hint = (" It looks batched: split a batch into per-example dicts first."
+                        if arr.ndim == 4 else "")
+                raise ExampleError(f"{where}['{key}'] has shape {arr.shape} (rank {arr.ndim}); "
+                                   f"expected (H, W, C) with C in {{1, 3}}.{hint}")
+        for key in ("mask", "instance_mask", "disparity", "disparity_right", "image_right"):
+            if key in ex and np.shape(ex[key])[:2] != image.shape[:2]:
+                raise ExampleError(f"{where}['{key}'] has shape {np.shape(ex[key])}; expected "
+                                   f"spatial size {image.shape[:2]} (that of 'image').")
+            if key in ex and key != "image_right" and np.ndim(ex[key]) != 2:
+                raise ExampleError(f"{where}['{key}'] has shape {np.shape(ex[key])}; expected "
+                                   f"(H, W) = {image.shape[:2]}.")
+        if "boxes" in ex:
+            boxes = np.asarray(ex["boxes"])
+            if boxes.ndim != 2 or boxes.shape[-1] != 4:
+                raise ExampleError(f"{where}['boxes'] has shape {boxes.shape}; expected (N, 4) "
+                                   "as [y0, x0, y1, x1] in pixels.")
+
+
+def _name(names: Sequence[str], index: int) -> str:
+    if 0 <= index < len(names):
+        return names[index] if names[index] == str(index) else f"{names[index]} ({index})"
+    return str(index)
+
+
+def _class_names(info: SourceInfo | None, count: int | None) -> tuple[str, ...]:
+    """The names to use for a class id space of ``count`` classes.
+
+    ``SourceInfo.class_names`` name the image-level classes; another target (boxes, mask)
+    reuses them only when its class count is the same, otherwise ids are shown.
+    """
+    if info is None or not info.class_names:
+        return ()
+    if count is None or count == info.num_classes == len(info.class_names):
+        return tuple(info.class_names)
+    return ()
+
+
+def _image_title(ex: Mapping[str, Any], info: SourceInfo | None) -> str:
+    parts = []
+    if "index" in ex:
+        parts.append(f"#{int(np.asarray(ex['index']))}")
+    if "label" in ex:
+        names = info.class_names if info is not None else ()
+        parts.append(f"label {_name(names, int(np.asarray(ex['label'])))}")
+    if "identity" in ex:
+        parts.append(f"id {int(np.asarray(ex['identity']))}")
+    if "valid" in ex and not bool(np.asarray(ex["valid"])):
+        parts.append("(padding)")
+    return "image" + (": " + ", ".join(parts) if parts else "")
+
+
+def _draw_boxes(ax, ex: Mapping[str, Any], box_names: Sequence[str]) -> None:
+    boxes = np.asarray(ex["boxes"], dtype=np.float64).reshape(-1, 4)
+    classes = np.asarray(ex["box_classes"]).reshape(-1) if "box_classes" in ex else None
+    valid = np.asarray(ex["box_valid"]).reshape(-1) if "box_valid" in ex else None
+    for i, (y0, x0, y1, x1) in enumerate(boxes):
+        if valid is not None and i < len(valid) and not valid[i]:
+            continue
+        colour = _instance_colour(i + 1)
+        # imshow puts pixel centres at integers, so pixel column j spans [j - 0.5, j + 0.5].
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                               edgecolor=colour, linewidth=1.5))
+        if classes is not None and i < len(classes):
+            cls = int(classes[i])
+            text = box_names[cls] if 0 <= cls < len(box_names) else str(cls)
+            ax.text(x0 - 0.5, y0 - 0.5, text, fontsize=7, color="white", va="bottom", ha="left", clip_on=True,
+                    bbox=dict(facecolor=colour, edgecolor="none", pad=0.5, alpha=0.85))
+
+
+def _mask_legend(ax, mask: np.ndarray, names: Sequence[str], max_entries: int = 10) -> None:
+    values = [int(v) for v in np.unique(mask)]
+    handles = []
+    for v in values[:max_entries]:
+        if v < 0:
+            handles.append(Patch(color=_IGNORE_RGB, label="ignore" if v == IGNORE_LABEL else str(v)))
+        else:
+            label = names[v] if v < len(names) else str(v)
+            handles.append(Patch(color=_palette(v), label=label))
+    if len(values) > max_entries:
+        handles.append(Patch(color="white", label=f"+{len(values) - max_entries} more"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6,
+              frameon=False, borderaxespad=0.0, handlelength=1.0)
+
+
+def _draw_disparity(fig, ax, disparity: np.ndarray, vmax: float, title: str) -> None:
+    disparity = np.asarray(disparity, dtype=np.float64)
+    valid = disparity_valid(disparity)
+    cmap = colormaps["viridis"].with_extremes(bad="black")
+    im = ax.imshow(np.ma.masked_array(disparity, mask=~valid), cmap=cmap, vmin=0.0, vmax=vmax,
+                   interpolation="nearest")
+    invalid = 1.0 - valid.mean()
+    ax.set_title(f"{title} ({invalid:.0%} invalid)" if invalid > 0 else title, fontsize=8)
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+    cbar.ax.tick_params(labelsize=6)
+    cbar.set_label("px", fontsize=6)
+
+
+def show_examples(examples: list[Example], out_path: str, *, info: SourceInfo | None = None,
+                  title: str | None = None, max_examples: int = 8, dpi: int = 100) -> str:
+    """Saves a PNG grid of ``examples`` to ``out_path`` and returns ``out_path``.
+
+    One row per example (the first ``max_examples``; images alone, e.g. classification, wrap
+    into rows of four instead), one column per view any example has
+    (``VIEW_KEYS`` order): the image with boxes, class names and label / identity in the title;
+    ``mask`` and ``instance_mask`` as colour overlays on the image; ``image_right``;
+    ``disparity`` / ``disparity_right`` as colour maps (invalid = black) with a colourbar.
+    ``info`` supplies class names and the disparity range. Raises ``ValueError`` for an empty
+    list and ``ExampleError`` (a ``ValueError``) for an array of the wrong rank or size.
+    """
+    _check_examples(examples)
+    if max_examples < 1:
+        raise ValueError(f"show_examples: max_examples={max_examples}; expected >= 1.")
+    rows = list(examples[:max_examples])
+    columns = [k for k in VIEW_KEYS if any(k in ex for ex in rows)]
+    box_names = _class_names(info, info.num_box_classes if info is not None else None)
+    mask_names = _class_names(info, info.num_mask_classes if info is not None else None)
+
+    h, w = np.shape(rows[0]["image"])[:2]
+    scale = _PANEL_IN / max(h, w)
+    panel_w, panel_h = max(w * scale, 1.2), max(h * scale, 1.2)
+    extra_w = sum(0.9 for k in columns if k in ("mask", "disparity", "disparity_right"))
+    # Images alone (classification) wrap into a grid instead of one tall column.
+    wrap = min(len(rows), _WRAP_COLUMNS) if columns == ["image"] else 1
+    grid_rows, grid_cols = math.ceil(len(rows) / wrap), len(columns) * wrap
+    fig = _new_figure(panel_w * grid_cols + extra_w,
+                      (panel_h + 0.35) * grid_rows + (0.4 if title else 0.0))
+    grid = np.asarray(fig.subplots(grid_rows, grid_cols, squeeze=False))
+    for ax in grid.reshape(-1)[len(rows) * len(columns):]:
+        ax.set_axis_off()
+    axes = grid.reshape(-1)[: len(rows) * len(columns)].reshape(len(rows), len(columns))
+    if title:
+        fig.suptitle(title, fontsize=10)
+
+    for r, ex in enumerate(rows):
+        image_rgb = image_for_display(ex["image"])
+        disparities = [np.asarray(ex[k], np.float64) for k in ("disparity", "disparity_right") if k in ex]
+        if info is not None and info.max_disparity:
+            vmax = float(info.max_disparity)
+        else:
+            vals = [d[disparity_valid(d)] for d in disparities]
+            vmax = max((float(v.max()) for v in vals if v.size), default=1.0) or 1.0
+        for c, key in enumerate(columns):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if key not in ex:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"no {key}", ha="center", va="center", fontsize=7,
+                        color="grey", transform=ax.transAxes)
+                continue
+            if key == "image":
+                ax.imshow(image_rgb, interpolation="nearest")
+                ax.set_title(_image_title(ex, info), fontsize=8)
+                if "boxes" in ex:
+                    _draw_boxes(ax, ex, box_names)
+                    ax.set_xlim(-0.5, image_rgb.shape[1] - 0.5)
+                    ax.set_ylim(image_rgb.shape[0] - 0.5, -0.5)
+            elif key == "mask":
+                ax.imshow(overlay_labels(image_rgb, ex["mask"]), interpolation="nearest")
+                ax.set_title("mask", fontsize=8)
+                _mask_legend(ax, np.asarray(ex["mask"]), mask_names)
+            elif key == "instance_mask":
+                inst = np.asarray(ex["instance_mask"])
+                ax.imshow(overlay_labels(image_rgb, inst, instance=True), interpolation="nearest")
+                ax.set_title(f"instances ({len(np.unique(inst[inst > 0]))})", fontsize=8)
+            elif key == "image_right":
+                ax.imshow(image_for_display(ex["image_right"]), interpolation="nearest")
+                ax.set_title("image_right", fontsize=8)
+            else:
+                _draw_disparity(fig, ax, ex[key], vmax, key)
+    return _save(fig, out_path, dpi)
+
+
+# --------------------------------------------------------------------------------------------
+# Training curves
+# --------------------------------------------------------------------------------------------
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Returns the JSON objects of a ``.jsonl`` file, one dict per non-blank line, in order.
+
+    A malformed *last* line without a trailing newline (a writer still running) is skipped;
+    any other malformed line raises ``ValueError`` with its line number.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"read_jsonl: no file {path!r}; metrics are written to "
+                                "<workdir>/metrics.jsonl by training.")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                break
+            raise ValueError(f"read_jsonl: {path}:{number} is not valid JSON ({err.msg}).") from err
+        if not isinstance(record, dict):
+            raise ValueError(f"read_jsonl: {path}:{number} is a {type(record).__name__}; "
+                             "expected a JSON object per line.")
+        records.append(record)
+    return records
+
+
+def collect_curves(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Returns ``{metric: {split: (steps, values)}}`` from metrics.jsonl records, sorted by step.
+
+    Non-numeric values (strings, lists, bools, None) and ``NON_METRIC_KEYS`` are skipped; a
+    record without ``split`` counts as ``'train'``. Raises ``ValueError`` for a record without
+    a numeric ``step``.
+    """
+    points: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for i, rec in enumerate(records):
+        if not isinstance(rec, Mapping) or not _is_number(rec.get("step")):
+            raise ValueError(f"plot_curves: records[{i}] has no numeric 'step' "
+                             f"(got {rec!r:.120}); every metrics.jsonl line needs one.")
+        split = str(rec.get("split", "train"))
+        for key, value in rec.items():
+            if key in NON_METRIC_KEYS or not _is_number(value):
+                continue
+            points.setdefault(key, {}).setdefault(split, []).append((float(rec["step"]), float(value)))
+    curves = {}
+    for key, by_split in points.items():
+        curves[key] = {}
+        for split, pts in by_split.items():
+            pts.sort(key=lambda p: p[0])
+            arr = np.asarray(pts, dtype=np.float64)
+            curves[key][split] = (arr[:, 0], arr[:, 1])
+    return curves
+
+
+def _metric_order(name: str) -> tuple[int, str]:
+    if name == "loss":
+        return (0, name)
+    if name in LR_KEYS:
+        return (2, name)
+    return (1, name)
+
+
+def _split_order(item: tuple[str, Any]) -> tuple[int, str]:
+    return ({"train": 0, "eval": 1}.get(item[0], 2), item[0])
+
+
+def plot_curves(records: list[dict], out_path: str, *, title: str | None = None,
+                dpi: int = 100) -> str:
+    """Saves one subplot per metric of ``records`` (metrics.jsonl lines) and returns ``out_path``.
+
+    Train and eval (any ``split``) curves of the same metric share axes; ``loss`` comes first
+    and the learning rate last, in its own subplot (log scale when it spans > 20x).
+    Raises ``ValueError`` when there are no records or no numeric metric in them.
+    """
+    if len(records) == 0:
+        raise ValueError("plot_curves: `records` is empty; pass the lines of metrics.jsonl "
+                         "(jaxvision.viz.read_jsonl(path)).")
+    curves = collect_curves(records)
+    if not curves:
+        raise ValueError("plot_curves: the records hold no numeric metric besides "
+                         f"{sorted(NON_METRIC_KEYS)}; nothing to plot.")
+    names = sorted(curves, key=_metric_order)
+    ncols = min(3, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig = _new_figure(3.2 * ncols, 2.4 * nrows + (0.3 if title else 0.0))
+    axes = np.asarray(fig.subplots(nrows, ncols, squeeze=False)).reshape(-1)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    split_style = {"train": dict(color="tab:blue", linewidth=1.2),
+                   "eval": dict(color="tab:orange", linewidth=1.2, marker="o", markersize=3)}
+    for ax, name in zip(axes, names):
+        for j, (split, (steps, values)) in enumerate(sorted(curves[name].items(), key=_split_order)):
+            style = split_style.get(split, dict(color=f"C{j + 2}", marker=".", markersize=3))
+            if len(steps) == 1:
+                style = {**style, "marker": style.get("marker") or "o"}
+            ax.plot(steps, values, label=split, **style)
+        if name in LR_KEYS:
+            vals = np.concatenate([v for _, v in curves[name].values()])
+            vals = vals[np.isfinite(vals)]
+            if vals.size and vals.min() > 0 and vals.max() / vals.min() > 20:
+                ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[len(names):]:
+        ax.set_axis_off()
+    return _save(fig, out_path, dpi)
+
+
+# --------------------------------------------------------------------------------------------
+# Confusion matrix and bar charts
+# --------------------------------------------------------------------------------------------
+
+def normalize_confusion_matrix(cm: np.ndarray, normalize: str | None = "true") -> np.ndarray:
+    """Returns ``cm`` (C, C), rows = true class, columns = predicted, as float64.
+
+    ``normalize``: ``'true'`` divides each row by its sum, ``'pred'`` each column, ``'all'``
+    by the total, ``None`` keeps counts. A row / column / matrix that sums to zero stays zero.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"confusion matrix has shape {cm.shape}; expected square (C, C) with "
+                         "rows = true class, columns = predicted class.")
+    if normalize is None:
+        return cm
+    if normalize == "true":
+        sums = cm.sum(axis=1, keepdims=True)
+    elif normalize == "pred":
+        sums = cm.sum(axis=0, keepdims=True)
+    elif normalize == "all":
+        sums = np.full((1, 1), cm.sum())
+    else:
+        raise ValueError(f"normalize={normalize!r}; expected 'true', 'pred', 'all' or None.")
+    return np.divide(cm, sums, out=np.zeros_like(cm), where=sums != 0)
+
+
+def plot_confusion_matrix(cm: np.ndarray, out_path: str, *, class_names: Sequence[str] | None = None,
+                          normalize: str | None = "true", title: str | None = None,
+                          dpi: int = 100) -> str:
+    """Saves ``cm`` (C, C; rows = true, columns = predicted) as a heat map; returns ``out_path``.
+
+    Normalized as in ``normalize_confusion_matrix`` (default: each row sums to 1); values are
+    written in the cells when C <= 20.
+    """
+    values = normalize_confusion_matrix(cm, normalize)
+    c = values.shape[0]
+    if class_names is not None and len(class_names) != c:
+        raise ValueError(f"plot_confusion_matrix: {len(class_names)} class_names for a {c}x{c} "
+                         "matrix; pass one name per class or None.")
+    names = list(class_names) if class_names is not None else [str(i) for i in range(c)]
+    side = float(np.clip(0.4 * c + 2.0, 3.0, 14.0))
+    fig = _new_figure(side + 0.8, side)
+    ax = fig.subplots()
+    vmax = 1.0 if normalize is not None else max(float(values.max()), 1.0)
+    im = ax.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(labelsize=7)
+    if c <= 50:
+        ax.set_xticks(range(c), names, rotation=45, ha="right", rotation_mode="anchor", fontsize=7)
+        ax.set_yticks(range(c), names, fontsize=7)
+    ax.set_xlabel("predicted", fontsize=8)
+    ax.set_ylabel("true", fontsize=8)
+    default = "confusion matrix" + (f" (normalized: {normalize})" if normalize else " (counts)")
+    ax.set_title(title or default, fontsize=9)
+    if c <= 20:
+        integer = normalize is None and np.all(values == np.round(values))
+        for i in range(c):
+            for j in range(c):
+                v = values[i, j]
+                text = f"{v:.0f}" if integer else f"{v:.2f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=6 if c > 10 else 7,
+                        color="white" if v > 0.5 * vmax else "black")
+    return _save(fig, out_path, dpi)
+
+
+def plot_bars(names: list[str], values: list[float], out_path: str, *,
+              errors: Sequence[float] | None = None, ylabel: str = "", title: str | None = None,
+              dpi: int = 100) -> str:
+    """Saves a bar chart of ``values`` (one bar per name, ± ``errors`` if given); returns ``out_path``.
+
+    Each bar is annotated with its value. Raises ``ValueError`` when the lengths differ.
+    """
+    values_arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(names) == 0 or len(names) != len(values_arr):
+        raise ValueError(f"plot_bars: {len(names)} names and {len(values_arr)} values; expected "
+                         "the same non-zero number of each.")
+    err = None
+    if errors is not None:
+        err = np.asarray(errors, dtype=np.float64).reshape(-1)
+        if len(err) != len(values_arr):
+            raise ValueError(f"plot_bars: {len(err)} errors for {len(values_arr)} values; pass "
+                             "one error per bar (e.g. a std over seeds) or errors=None.")
+    n = len(names)
+    long_names = max(len(str(s)) for s in names) > 8 or n > 8
+    fig = _new_figure(float(np.clip(0.7 * n + 1.8, 3.0, 14.0)), 3.0 + (0.6 if long_names else 0.0))
+    ax = fig.subplots()
+    x = np.arange(n)
+    ax.bar(x, values_arr, yerr=err, capsize=3, color=[_palette(i) for i in range(n)],
+           error_kw=dict(elinewidth=1.0))
+    for i, v in enumerate(values_arr):
+        if not np.isfinite(v):
+            continue
+        top = v + (err[i] if err is not None and np.isfinite(err[i]) else 0.0) * (1 if v >= 0 else -1)
+        ax.annotate(f"{v:.3g}", (i, top), textcoords="offset points",
+                    xytext=(0, 2 if v >= 0 else -2), ha="center",
+                    va="bottom" if v >= 0 else "top", fontsize=7)
+    ax.margins(y=0.12)
+    if np.nanmin(values_arr) < 0:
+        ax.axhline(0.0, color="black", linewidth=0.8)
+    if long_names:
+        ax.set_xticks(x, [str(s) for s in names], rotation=30, ha="right", rotation_mode="anchor",
+                      fontsize=8)
+    else:
+        ax.set_xticks(x, [str(s) for s in names], fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, out_path, dpi)

@@ -1,6 +1,7 @@
 """The command line: ``python -m jaxvision <command> ...``.
 
-Commands: ``train``, ``eval``, ``list``, ``summary``, ``bench``, ``data prepare``, ``data show``.
+Commands: ``train``, ``eval``, ``list``, ``summary``, ``bench``, ``data prepare``, ``data show``,
+``ablate``, ``crossval``, ``probe``.
 Config overrides follow the other flags as ``--config.<key>=<value>`` (or ``--config.<key> <value>``).
 Commands that report numbers print one JSON object on the last line of stdout.
 """
@@ -69,6 +70,28 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--num", type=int, default=6)
     ds.add_argument("--transformed", action="store_true",
                     help="show examples after the training transforms (as the model sees them)")
+    a = sub.add_parser("ablate", help="train the config's ablation.variants x ablation.seeds; "
+                                      "table, CSV and bar chart (see jaxvision/ablation.py)")
+    a.add_argument("--config", required=True)
+    a.add_argument("--workdir", required=True)
+    a.add_argument("--force", action="store_true", help="resume runs even if their config changed")
+    a.add_argument("--progress", action="store_true", help="progress bars")
+    c = sub.add_parser("crossval", help="k-fold cross-validation over the training split")
+    c.add_argument("--config", required=True)
+    c.add_argument("--workdir", required=True)
+    c.add_argument("--folds", type=int, default=5)
+    c.add_argument("--force", action="store_true", help="resume folds even if their config changed")
+    c.add_argument("--progress", action="store_true", help="progress bars")
+    pr = sub.add_parser("probe", help="linear probe per layer of a trained model")
+    pr.add_argument("--config", required=True)
+    pr.add_argument("--workdir", required=True)
+    pr.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
+    pr.add_argument("--max-examples", type=int, default=5000,
+                    help="cap per split (a seeded random subset); 0 = all")
+    pr.add_argument("--layers", default="", help="comma-separated taps to probe (default: all)")
+    pr.add_argument("--l2", type=float, default=1e-3, help="L2 penalty on standardized features")
+    pr.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations at most")
+    pr.add_argument("--out", default=None, help="report directory (default: the workdir)")
     return p
 
 
@@ -91,14 +114,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxvision.config import ConfigError, get_config
     from jaxvision.data.example import ExampleError
     from jaxvision.data.source import DataError
+    import os
     try:
         return _run(args, overrides, get_config)
-    except (ConfigError, DataError, ExampleError) as e:
+    except (ConfigError, DataError, ExampleError, ValueError, FileNotFoundError) as e:
+        # Bad input: the message says what and how to fix it; the traceback would only bury it.
+        if os.environ.get("JAXVISION_TRACEBACK"):
+            raise
         print(f"error: {e}", file=sys.stderr)
+        print("(set JAXVISION_TRACEBACK=1 to see the traceback)", file=sys.stderr)
         return 2
-    except Exception as e:  # TrainingError and friends: message only, no XLA traceback
+    except Exception as e:
         from jaxvision.train.loop import TrainingError
-        if isinstance(e, TrainingError):
+        if isinstance(e, TrainingError) and not os.environ.get("JAXVISION_TRACEBACK"):
             print(f"error: {e}", file=sys.stderr)
             return 1
         raise
@@ -114,6 +142,15 @@ def _run(args, overrides, get_config) -> int:
         from jaxvision.data import tfds_source
         path = tfds_source.prepare(args.name, args.manual_dir, args.data_dir)
         print(f"prepared {args.name} in {path}")
+        return 0
+    if args.command == "ablate":
+        from jaxvision import ablation
+        config = ablation.load_config(args.config, overrides)
+        rows = ablation.run_ablation(config, args.workdir, experiment=args.config,
+                                     force=args.force, progress=args.progress)
+        metric = str(config.ablation.metric)
+        print(ablation.markdown_table(rows, metric))
+        _print_json(ablation.summary_json(rows, metric))
         return 0
     config = get_config(args.config, overrides)
     if args.command == "train":
@@ -134,6 +171,20 @@ def _run(args, overrides, get_config) -> int:
     elif args.command == "bench":
         from jaxvision.train.bench import bench
         _print_json(bench(config, args.config, steps=args.steps))
+    elif args.command == "crossval":
+        from jaxvision.crossval import crossval, markdown
+        result = crossval(config, args.workdir, folds=args.folds, experiment=args.config,
+                          force=args.force, progress=args.progress)
+        print(markdown(result))
+        _print_json(result.to_json())
+    elif args.command == "probe":
+        from jaxvision.probe import run_probe, summary_json
+        rows = run_probe(config, args.workdir, experiment=args.config, checkpoint=args.checkpoint,
+                         max_examples=args.max_examples, l2=args.l2, max_iter=args.max_iter,
+                         layers=[x for x in args.layers.split(",") if x] or None, out_dir=args.out)
+        for r in rows:
+            print(f"{r.layer:24s} dim {r.dim:6d}  train {r.train_accuracy:.4f}  eval {r.eval_accuracy:.4f}")
+        _print_json(summary_json(rows))
     elif args.command == "data" and args.data_command == "show":
         from jaxvision.data.show import show
         out = show(config, args.out, split=args.split, num=args.num, transformed=args.transformed)

@@ -1,5 +1,5 @@
 # Sourced by the launch scripts: creates .venv (when missing) and installs jaxvision into it.
-# Usage: source launch/_venv.sh [EXTRAS]   e.g. EXTRAS=test
+# Usage: EXTRAS=test source launch/_venv.sh   (EXTRAS: the pyproject extras to install, if any)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
@@ -9,7 +9,7 @@ if [ ! -x "$ROOT/.venv/bin/python" ]; then
   "$ROOT/.venv/bin/python" -m pip install -q --upgrade pip
 fi
 SPEC="$ROOT"
-if [ -n "${1:-}" ]; then SPEC="$ROOT[$1]"; fi
+if [ -n "${EXTRAS:-}" ]; then SPEC="$ROOT[$EXTRAS]"; fi
 # Re-running is cheap: pip only checks what is already there.
 "$ROOT/.venv/bin/python" -m pip install -q -e "$SPEC"
 export PATH="$ROOT/.venv/bin:$PATH"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test suite: installs jaxvision with its test extra into .venv, then runs pytest.
 # Extra arguments go to pytest (e.g. -k loader).
-source "$(dirname "$0")/_venv.sh" test
+EXTRAS=test source "$(dirname "$0")/_venv.sh"
 cd "$ROOT"
 python -m pytest -q "$@"

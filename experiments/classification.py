@@ -5,6 +5,7 @@ Named configs (``experiments/classification.py:<name>``) are listed in ``CONFIGS
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ def build_model(config: Any, info: SourceInfo, *, axis_name: str | None = None):
 
 
 def _apply(model, variables: dict, batch: dict, config: Any, key, train: bool):
-    mutable = [k for k in variables if k != "params"] if train else False
+    # flax returns (out, state) for any list, even an empty one: stateless models get False.
+    mutable = ([k for k in variables if k != "params"] if train else False) or False
     out = model.apply(variables, prepare(config, batch), train=train,
                       rngs={"dropout": key} if key is not None else None, mutable=mutable)
     return out if train and mutable else (out, {})
@@ -51,13 +53,28 @@ def _metrics(logits: jax.Array, labels: jax.Array, per_example_loss: jax.Array, 
     }
 
 
-def loss(config: Any, model, variables: dict, batch: dict, key, *, train: bool):
-    """Mean (label-smoothed) cross-entropy over the valid examples, its metrics, new model state."""
+def loss(config: Any, model, variables: dict, batch: dict, key, *, train: bool,
+         aux: dict | None = None):
+    """Mean (label-smoothed) cross-entropy over the valid examples, its metrics, new model state.
+
+    With a teacher in ``aux`` (knowledge distillation, see ``aux``) the per-example objective is
+    ``alpha * distillation_loss + (1 - alpha) * cross-entropy``; the metric ``loss`` stays the
+    cross-entropy and ``distill_loss`` is the soft term.
+    """
     logits, new_state = _apply(model, variables, batch, config, key, train)
     per_example = losses.softmax_cross_entropy(logits, batch["label"],
                                                label_smoothing=float(config.loss.label_smoothing))
     w = batch["valid"]
-    return losses.masked_mean(per_example, w), _metrics(logits, batch["label"], per_example, w), new_state
+    out = _metrics(logits, batch["label"], per_example, w)
+    objective = per_example
+    if aux is not None and aux.get("teacher") is not None:
+        d = config.distill
+        soft = losses.distillation_loss(logits, teacher_logits(config, aux["teacher"], batch,
+                                                               logits.shape[-1]),
+                                        float(d.temperature))
+        objective = float(d.alpha) * soft + (1.0 - float(d.alpha)) * per_example
+        out["distill_loss"] = metrics.mean(soft, w)
+    return losses.masked_mean(objective, w), out, new_state
 
 
 def evaluate(config: Any, model, variables: dict, batch: dict):
@@ -77,7 +94,8 @@ def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
     cm = results.get("confusion_matrix")
     if cm is None:
         return
-    names = list(info.class_names) or [str(i) for i in range(cm.shape[0])]
+    # A head wider than the data's classes (model.num_classes, e.g. after transfer) gets numbers.
+    names = [*info.class_names[:cm.shape[0]], *map(str, range(len(info.class_names), cm.shape[0]))]
     viz.plot_confusion_matrix(np.asarray(cm), str(Path(workdir) / "confusion_matrix.png"),
                               class_names=names)
     prf = metrics.precision_recall_f1(cm)
@@ -85,22 +103,116 @@ def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
     (Path(workdir) / "per_class.json").write_text(json.dumps(rows, indent=2))
 
 
+# ------------------------------------------------------------------------ distillation
+
+
+def distill_config() -> ml_collections.ConfigDict:
+    """The ``distill`` block: learn from a teacher run's temperature-softened predictions.
+
+    ``teacher_workdir`` (None = off): a finished run; ``teacher_config``: a spec of its
+    experiment (its workdir's ``config.json`` fills in the rest, overrides included, so any
+    config of the teacher's experiment file will do); ``teacher_checkpoint``: None (latest),
+    'best' or a step; ``temperature`` T of both softmaxes; ``alpha``: weight of the soft loss
+    (KL * T^2), ``1 - alpha`` that of the cross-entropy. The teacher sees the student's batches.
+    """
+    return ml_collections.ConfigDict(dict(
+        teacher_workdir=None, teacher_config="experiments/classification.py:default",
+        teacher_checkpoint=None, temperature=4.0, alpha=0.9))
+
+
+def aux(config: Any, info: SourceInfo) -> dict | None:
+    """The teacher's evaluation variables, ``{'teacher': variables}``, when distilling; else None.
+
+    Runs on the host each time training starts (fresh or resumed: teachers are not checkpointed).
+    """
+    del info
+    d = config.get("distill")
+    if d is None or not d.teacher_workdir:
+        return None
+    if not float(d.temperature) > 0 or not 0.0 <= float(d.alpha) <= 1.0:
+        raise ValueError(f"distill.temperature={d.temperature} must be > 0 and distill.alpha="
+                         f"{d.alpha} in [0, 1] (the weight of the soft loss).")
+    from jaxvision.train.transfer import read_variables
+    variables, _ = read_variables(d.teacher_workdir, d.get("teacher_checkpoint"),
+                                  what="distill.teacher_workdir")
+    return {"teacher": variables}
+
+
+@functools.lru_cache(maxsize=8)
+def _teacher(spec: str, workdir: str, num_classes: int):
+    """(experiment, config, model) of a teacher run, rebuilt from its saved config."""
+    from jaxvision.experiment import load_experiment
+    from jaxvision.train.transfer import run_config
+    tconfig = run_config(spec, workdir)
+    texp = load_experiment(spec)
+    # The teacher predicts the student's classes: its head is built for the student's count.
+    info = SourceInfo(name=str(tconfig.data.name), split=str(tconfig.data.train_split),
+                      keys=("image", "label"), num_classes=num_classes)
+    return texp, tconfig, texp.build_model(tconfig, info)
+
+
+def teacher_logits(config: Any, teacher_variables: dict, batch: dict, num_classes: int
+                   ) -> jax.Array:
+    """The teacher's eval-mode logits (N, num_classes) on ``batch``, outside the gradient."""
+    d = config.distill
+    texp, tconfig, tmodel = _teacher(str(d.teacher_config), str(d.teacher_workdir),
+                                     int(num_classes))
+    logits = tmodel.apply(teacher_variables, texp.prepare(tconfig, batch), train=False)
+    n = batch["label"].shape[0]
+    if tuple(logits.shape) != (n, num_classes):
+        raise ValueError(f"distill: the teacher in {d.teacher_workdir} gives logits of shape "
+                         f"{tuple(logits.shape)}, the student ({n}, {num_classes}); teacher and "
+                         "student must predict the same classes.")
+    return jax.lax.stop_gradient(logits)
+
+
 # ----------------------------------------------------------------------------- configs
+# Every config below reaches its regularizers from the command line, for example:
+#   --config.optim.weight_decay=5e-4        weight decay (optim.weight_decay_mode: 'l2' or 'decoupled')
+#   --config.model.dropout=0.3              dropout (small_cnn, alexnet, vgg, resnet; lenet5 has none)
+#   --config.model.norm=batch               batch norm on / 'none' off (small_cnn, alexnet, vgg, resnet)
+#   --config.data.train_pp="random_crop(28, pad=2)|flip_lr"      augmentation (jaxvision.data.transforms)
+#   --config.loss.label_smoothing=0.1       label smoothing
+#   --config.train.early_stopping_patience=3   stop after 3 evaluations without a better train.best_metric
 
 
 def _base() -> ml_collections.ConfigDict:
     config = base_config()
     config.data.keys = ("image", "label")
     config.loss = ml_collections.ConfigDict(dict(label_smoothing=0.0))
+    config.distill = distill_config()
+    return config
+
+
+def _declare(config: ml_collections.ConfigDict, input_shape: tuple[int, int, int],
+             num_classes: int) -> ml_collections.ConfigDict:
+    """Declares the model's input (H, W, C) after ``data.eval_pp`` and the class count, so that
+    ``summary`` and the tests can build the model when the data set is absent (the data, when
+    present, still decides; override both when pointing a config at other data)."""
+    config.data.input_shape = tuple(input_shape)
+    config.data.num_classes = int(num_classes)
+    return config
+
+
+def _steps(epochs: float, examples: int, batch: int) -> int:
+    return int(round(epochs * examples / batch))
+
+
+def _tfds(config: ml_collections.ConfigDict, name: str, *, eval_split: str = "test"
+          ) -> ml_collections.ConfigDict:
+    config.data.name = name
+    config.data.train_split = "train"
+    config.data.eval_split = eval_split
     return config
 
 
 def default() -> ml_collections.ConfigDict:
     """Small CNN on the procedural scenes (48x48): well above chance in a minute or two on CPU."""
-    config = _base()
+    config = _declare(_base(), (48, 48, 3), 6)
     config.data.procedural.image_size = 48
     config.data.train_pp = "flip_lr"
-    config.model = ml_collections.ConfigDict(dict(name="small_cnn", width=32, depth=3))
+    config.model = ml_collections.ConfigDict(dict(name="small_cnn", widths=(32, 64, 128), dropout=0.0,
+                                                  norm="batch"))
     config.optim.name = "adam"
     config.optim.lr = 3e-3
     config.optim.schedule = "cosine"
@@ -114,6 +226,150 @@ def default() -> ml_collections.ConfigDict:
     return config
 
 
+def lenet_mnist() -> ml_collections.ConfigDict:
+    """LeNet-5 (ReLU, max pool; 28x28 padded to 32) on TFDS mnist with +-2 px shifts: >= 99.2% test."""
+    config = _declare(_tfds(_base(), "mnist"), (28, 28, 1), 10)
+    # Random 2-pixel translations are the augmentation that matters for digits (no flips).
+    config.data.train_pp = "random_crop(28, pad=2)"
+    # The classic tanh / average-pool reading: --config.model.activation=tanh --config.model.pool=avg
+    config.model = ml_collections.ConfigDict(dict(name="lenet5", activation="relu", pool="max",
+                                                  pad_to_32=True))
+    config.optim.name = "adam"
+    config.optim.lr = 2e-3
+    config.optim.schedule = "cosine"
+    config.optim.warmup_steps = 200
+    config.train.batch_size = 128
+    config.train.eval_batch_size = 1000
+    config.train.steps = _steps(15, 60000, 128)
+    config.train.eval_every = 2000
+    config.train.checkpoint_every = 2000
+    config.train.log_every = 200
+    return config
+
+
+def cnn_fashion_mnist() -> ml_collections.ConfigDict:
+    """Small CNN (32-64-128, batch norm) on TFDS fashion_mnist with crops and flips: >= 91% test."""
+    config = _declare(_tfds(_base(), "fashion_mnist"), (28, 28, 1), 10)
+    config.data.train_pp = "random_crop(28, pad=2)|flip_lr"
+    config.model = ml_collections.ConfigDict(dict(name="small_cnn", widths=(32, 64, 128), blocks=1,
+                                                  norm="batch", dropout=0.2))
+    config.optim.name = "adam"
+    config.optim.lr = 3e-3
+    config.optim.schedule = "cosine"
+    config.optim.warmup_steps = 200
+    config.optim.weight_decay = 1e-4
+    config.train.batch_size = 128
+    config.train.eval_batch_size = 1000
+    config.train.steps = _steps(8, 60000, 128)
+    config.train.eval_every = 1000
+    config.train.checkpoint_every = 1000
+    config.train.log_every = 200
+    return config
+
+
+def resnet18_cifar10() -> ml_collections.ConfigDict:
+    """ResNet-18 (3x3 stem) on TFDS cifar10, SGD + cosine, crops and flips (~30 epochs; a GPU's job)."""
+    config = _declare(_tfds(_base(), "cifar10"), (32, 32, 3), 10)
+    config.data.train_pp = "random_crop(32, pad=4)|flip_lr"
+    config.model = ml_collections.ConfigDict(dict(name="resnet18", stem="cifar", norm="batch",
+                                                  dropout=0.0))
+    config.optim.name = "nesterov"
+    config.optim.lr = 0.1
+    config.optim.momentum = 0.9
+    config.optim.weight_decay = 5e-4
+    config.optim.schedule = "cosine"
+    config.optim.warmup_steps = 400
+    config.loss.label_smoothing = 0.0
+    config.train.batch_size = 128
+    config.train.eval_batch_size = 500
+    config.train.steps = _steps(30, 50000, 128)
+    config.train.eval_every = 1000
+    config.train.checkpoint_every = 1000
+    config.train.log_every = 100
+    return config
+
+
+def _imagenet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """ImageNet-2012 at 224x224: random-resized crops and flips, resize + centre crop for eval."""
+    config = _declare(_tfds(config, "imagenet2012", eval_split="validation"), (224, 224, 3), 1000)
+    config.data.train_pp = "random_resized_crop(224)|flip_lr|normalize(mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))"
+    config.data.eval_pp = "resize(256)|center_crop(224)|normalize(mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))"
+    config.data.num_workers = 8
+    config.optim.name = "momentum"
+    config.optim.momentum = 0.9
+    config.optim.weight_decay = 5e-4
+    config.optim.schedule = "step"
+    config.optim.boundaries = (1 / 3, 2 / 3)
+    config.optim.factor = 0.1
+    config.train.batch_size = 256
+    config.train.eval_batch_size = 500
+    config.train.eval_every = 10000
+    config.train.checkpoint_every = 5000
+    config.train.log_every = 100
+    config.train.best_metric = "accuracy"
+    return config
+
+
+def alexnet_imagenet() -> ml_collections.ConfigDict:
+    """AlexNet (ungrouped, LRN, 62,378,344 params) on TFDS imagenet2012 at 224: for accelerators."""
+    config = _imagenet(_base())
+    config.model = ml_collections.ConfigDict(dict(name="alexnet", lrn=True, groups=1, dropout=0.5,
+                                                  norm="none"))
+    config.optim.lr = 0.01
+    config.train.steps = _steps(90, 1281167, 256)
+    return config
+
+
+def vgg16_imagenet() -> ml_collections.ConfigDict:
+    """VGG-16 (configuration D, 138,357,544 params) on TFDS imagenet2012 at 224: for accelerators."""
+    config = _imagenet(_base())
+    config.model = ml_collections.ConfigDict(dict(name="vgg16", dropout=0.5, norm="none"))
+    config.optim.lr = 0.01
+    config.train.steps = _steps(74, 1281167, 256)
+    return config
+
+
+# AlexNet ablation (Zeiler & Fergus 2014, Table 3 in spirit): variant name -> layers removed.
+ALEXNET_ABLATION = (
+    ("full", ()),
+    ("no_fc7", ("fc7",)),
+    ("no_fc6_fc7", ("fc6", "fc7")),
+    ("no_conv3_conv4", ("conv3", "conv4")),
+    ("no_conv3_conv4_fc6_fc7", ("conv3", "conv4", "fc6", "fc7")),
+)
+
+
+def alexnet_ablation() -> ml_collections.ConfigDict:
+    """AlexNet at 1/4 width on Fashion-MNIST at 32x32; `ablate` removes fc7, fc6+fc7, conv3+conv4, all four."""
+    config = _declare(_tfds(_base(), "fashion_mnist"), (32, 32, 1), 10)
+    config.data.train_pp = "resize(32)|random_crop(32, pad=2)|flip_lr"
+    config.data.eval_pp = "resize(32)"
+    config.model = ml_collections.ConfigDict(dict(name="alexnet_small", width=0.25, stem_kernel=3,
+                                                  stem_stride=1, grid=3, dropout=0.5, norm="none",
+                                                  remove=()))
+    config.optim.name = "adam"
+    config.optim.lr = 1e-3
+    config.optim.schedule = "cosine"
+    config.optim.warmup_steps = 100
+    config.train.batch_size = 128
+    config.train.eval_batch_size = 1000
+    config.train.steps = _steps(3, 60000, 128)
+    config.train.eval_every = 0
+    config.train.checkpoint_every = 0
+    config.train.log_every = 100
+    from jaxvision.ablation import ablation_config
+    config.ablation = ablation_config(
+        variants=tuple((name, {"model.remove": removed}) for name, removed in ALEXNET_ABLATION),
+        seeds=(0,), metric="accuracy")
+    return config
+
+
 CONFIGS = {
     "default": default,
+    "lenet_mnist": lenet_mnist,
+    "cnn_fashion_mnist": cnn_fashion_mnist,
+    "resnet18_cifar10": resnet18_cifar10,
+    "alexnet_imagenet": alexnet_imagenet,
+    "vgg16_imagenet": vgg16_imagenet,
+    "alexnet_ablation": alexnet_ablation,
 }

@@ -1,7 +1,7 @@
 """The command line: ``python -m jaxvision <command> ...``.
 
 Commands: ``train``, ``eval``, ``list``, ``summary``, ``bench``, ``data prepare``, ``data show``,
-``ablate``, ``crossval``, ``probe``.
+``ablate``, ``crossval``, ``probe``, ``ensemble``.
 Config overrides follow the other flags as ``--config.<key>=<value>`` (or ``--config.<key> <value>``).
 Commands that report numbers print one JSON object on the last line of stdout.
 """
@@ -92,6 +92,15 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--l2", type=float, default=1e-3, help="L2 penalty on standardized features")
     pr.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations at most")
     pr.add_argument("--out", default=None, help="report directory (default: the workdir)")
+    en = sub.add_parser("ensemble", help="accuracy of several runs and of their averaged "
+                                         "probabilities (see jaxvision/ensemble.py)")
+    en.add_argument("--config", required=True, help="spec of the members' experiment; each "
+                    "member's saved config.json fills in the rest")
+    en.add_argument("--workdir", required=True, action="append",
+                    help="a member run (repeat for more members)")
+    en.add_argument("--snapshots", action="store_true",
+                    help="members = the cycle-end checkpoints of each workdir (cosine_restarts)")
+    en.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
     return p
 
 
@@ -125,14 +134,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("(set JAXVISION_TRACEBACK=1 to see the traceback)", file=sys.stderr)
         return 2
     except Exception as e:
+        from jaxvision.distributed import DistributedError
         from jaxvision.train.loop import TrainingError
-        if isinstance(e, TrainingError) and not os.environ.get("JAXVISION_TRACEBACK"):
+        if isinstance(e, (TrainingError, DistributedError)) and not os.environ.get("JAXVISION_TRACEBACK"):
             print(f"error: {e}", file=sys.stderr)
             return 1
         raise
 
 
 def _run(args, overrides, get_config) -> int:
+    if args.command in ("train", "eval", "bench"):
+        # First, before anything touches JAX devices: join the other processes of a multi-process
+        # job (a no-op for a plain single-process run; see jaxvision/distributed.py).
+        from jaxvision import distributed
+        distributed.initialize()
     if args.command == "list":
         from jaxvision.config import list_experiments
         for spec, _, doc in list_experiments():
@@ -151,6 +166,13 @@ def _run(args, overrides, get_config) -> int:
         metric = str(config.ablation.metric)
         print(ablation.markdown_table(rows, metric))
         _print_json(ablation.summary_json(rows, metric))
+        return 0
+    if args.command == "ensemble":
+        from jaxvision.ensemble import ensemble_from_specs
+        which = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
+        _print_json(ensemble_from_specs(args.config, args.workdir, overrides=overrides,
+                                        snapshots=args.snapshots,
+                                        checkpoint=None if which == "latest" else which))
         return 0
     config = get_config(args.config, overrides)
     if args.command == "train":

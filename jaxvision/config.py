@@ -53,6 +53,14 @@ def base_config() -> ml_collections.ConfigDict:
         )),
         # strategy 'jit' or 'pmap'; num_devices 0 = all devices, n = the first n (single process)
         parallel=ml_collections.ConfigDict(dict(strategy="jit", num_devices=0)),
+        # Start from another run's weights (jaxvision/train/transfer.py); only on a fresh start.
+        transfer=ml_collections.ConfigDict(dict(
+            workdir=None,            # the source run's workdir; None = off
+            checkpoint=None,         # None (= latest), "best" or a step
+            include=(),              # regexes over '/'-joined param paths; () = every path
+            exclude=("^head/",),     # re-initialize the head (e.g. for a new class count)
+            model_state=True,        # copy the selected layers' model state (batch_stats) too
+        )),
     ))
 
 

@@ -14,7 +14,12 @@ few pure functions (``variables`` below is ``{'params': params, **model_state}``
 * optional ``prepare(config, batch) -> array`` turning a batch into the model input (default:
   uint8 ``image`` -> float32 in [0, 1]);
 * optional ``report(config, workdir, results, info)``: host-side work at the end of training
-  (plots, tables); ``results`` holds the final eval metrics, array metrics included.
+  (plots, tables); ``results`` holds the final eval metrics, array metrics included;
+* optional ``aux(config, info) -> pytree | None``: host-side, called when training starts (fresh
+  or resumed; ``loop.with_aux``) for frozen data the loss reads, e.g. a distillation teacher's
+  variables. When it returns a pytree, the train step calls ``loss(..., train=True,
+  aux=that_pytree)`` with it as traced data (``TrainState.aux``: placed on the devices, not
+  optimized, not checkpointed).
 
 The core (``jaxvision.train``) does everything else: data, optimizer, compiled steps over the
 device mesh, evaluation, checkpoints, logs.
@@ -52,6 +57,7 @@ class Experiment:
     prepare: Callable = default_prepare
     init: Callable | None = None
     report: Callable | None = None
+    aux: Callable | None = None
 
     def init_variables(self, config: Any, model: Any, batch: dict, key: jax.Array) -> dict:
         if self.init is not None:
@@ -71,4 +77,5 @@ def load_experiment(spec_or_path: str) -> Experiment:
     return Experiment(module=module, build_model=module.build_model, loss=module.loss,
                       evaluate=module.evaluate,
                       prepare=getattr(module, "prepare", default_prepare),
-                      init=getattr(module, "init", None), report=getattr(module, "report", None))
+                      init=getattr(module, "init", None), report=getattr(module, "report", None),
+                      aux=getattr(module, "aux", None))

@@ -25,7 +25,8 @@ import ml_collections
 import optax
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
-SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine", "linear", "one_cycle")
+SCHEDULES = ("constant", "step", "exponential", "inverse_time", "cosine", "linear", "one_cycle",
+             "cosine_restarts")
 WEIGHT_DECAY_MODES = ("auto", "l2", "decoupled")
 DECAY_MASKS = ("default", "all")
 # Leaf names that are never weight-decayed under decay_mask='default' (biases, norm scales).
@@ -54,6 +55,9 @@ def optim_config() -> ml_collections.ConfigDict:
     ``factors`` is empty), cumulatively (boundary step = round(fraction * total_steps));
     'exponential': ``lr exp(-decay_rate t)``; 'inverse_time': ``lr / (1 + decay_rate t)``;
     'cosine': from lr to ``end_lr`` over T; 'linear': from lr to ``end_lr`` over T;
+    'cosine_restarts' (SGDR): ``cycles`` equal cosine cycles from lr to ``end_lr``, each
+    L = T / cycles steps long (T must divide), restarting at lr: for snapshot ensembles save a
+    checkpoint every L steps (``jaxvision/ensemble.py``);
     'one_cycle' (no separate warm-up): cosine from ``max_lr / div_factor`` up to ``max_lr``
     (``max_lr`` = 0 means ``lr``) over the first ``pct_start`` of the steps, then down to
     ``max_lr / (div_factor * final_div_factor)``; with ``cycle_momentum`` the momentum (SGD
@@ -85,6 +89,7 @@ def optim_config() -> ml_collections.ConfigDict:
         factors=(),
         decay_rate=0.0,
         end_lr=0.0,
+        cycles=1,
         warmup_steps=0,
         warmup_init_lr=0.0,
         max_lr=0.0,
@@ -277,11 +282,16 @@ def make_schedule(config, total_steps: int) -> optax.Schedule:
             main = optax.exponential_decay(lr, transition_steps=n, decay_rate=math.exp(-k * n))
         else:  # optax has no inverse-time decay
             main = lambda t: lr / (1.0 + k * jnp.asarray(t, jnp.float32))  # noqa: E731
-    elif name in ("cosine", "linear"):
+    elif name in ("cosine", "linear", "cosine_restarts"):
         if not 0 <= cfg.end_lr <= lr:
             raise ValueError(f"optim.end_lr={cfg.end_lr} must be in [0, lr={lr}].")
         if name == "cosine":
             main = optax.cosine_decay_schedule(lr, decay_steps=horizon, alpha=cfg.end_lr / lr)
+        elif name == "cosine_restarts":
+            length = cycle_length(cfg, total_steps)
+            main = optax.sgdr_schedule([dict(init_value=lr, peak_value=lr, warmup_steps=0,
+                                             decay_steps=length, end_value=float(cfg.end_lr))
+                                        ] * int(cfg.cycles))
         else:
             main = optax.linear_schedule(lr, float(cfg.end_lr), transition_steps=horizon)
     else:  # one_cycle
@@ -299,6 +309,21 @@ def make_schedule(config, total_steps: int) -> optax.Schedule:
         return main
     ramp = optax.linear_schedule(float(cfg.warmup_init_lr), lr, transition_steps=warm)
     return optax.join_schedules([ramp, main], [warm])
+
+
+def cycle_length(config, total_steps: int) -> int:
+    """Returns the steps per cycle of schedule='cosine_restarts': (total - warm-up) / cycles."""
+    cfg = _resolve(config)
+    horizon = int(total_steps) - int(cfg.warmup_steps)
+    cycles = cfg.cycles
+    if isinstance(cycles, bool) or not isinstance(cycles, int) or not 1 <= cycles <= horizon:
+        raise ValueError(f"optim.cycles={cycles!r} must be an int in [1, {horizon}] (the steps "
+                         "after warm-up).")
+    if horizon % cycles:
+        raise ValueError(f"optim.cycles={cycles} does not divide the {horizon} steps after warm-up "
+                         f"(train.steps={total_steps} - optim.warmup_steps={cfg.warmup_steps}); "
+                         f"choose train.steps = warmup_steps + cycles * cycle_length.")
+    return horizon // cycles
 
 
 def make_momentum_schedule(config, total_steps: int) -> optax.Schedule | None:

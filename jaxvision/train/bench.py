@@ -14,16 +14,35 @@ from jaxvision.train.loop import build
 from jaxvision.train.step import make_train_step
 
 
-def summary(config: Any, spec: str) -> tuple[str, dict]:
-    """Per-layer table of the config's model at its input shape; totals ``params`` and ``flops``."""
-    from jaxvision.data.source import build_source
-    from jaxvision.models.summary import format_table, summarize
+def model_and_input_shape(config: Any, spec: str) -> tuple[Any, tuple[int, ...]]:
+    """The config's model and its per-example input shape (H, W, C).
+
+    Both come from the eval split when the data is there; when it is not (a ``DataError``, e.g.
+    an unprepared TFDS set), from the config's declared ``data.input_shape`` and
+    ``data.num_classes``, so published models can be inspected without their data.
+    """
+    from jaxvision.data.source import DataError, SourceInfo, build_source
     exp = load_experiment(spec)
-    source = build_source(config.data, config.data.eval_split)
-    model = exp.build_model(config, source.info)
+    try:
+        source = build_source(config.data, config.data.eval_split)
+    except DataError as e:
+        declared = config.data.get("input_shape", None)
+        if not declared:
+            raise DataError(f"{e}\n(Or declare data.input_shape (H, W, C) and data.num_classes in "
+                            "the config to summarize the model without its data.)") from None
+        info = SourceInfo(name=str(config.data.name), split=str(config.data.eval_split),
+                          keys=("image", "label"), num_classes=config.data.get("num_classes", None))
+        return exp.build_model(config, info), tuple(int(d) for d in declared)
     from jaxvision.data.pipeline import make_transform
     example = make_transform(config.data, config.data.eval_pp)(source[0], np.random.default_rng(0))
-    rows, totals = summarize(model, (1,) + tuple(np.shape(example["image"])))
+    return exp.build_model(config, source.info), tuple(np.shape(example["image"]))
+
+
+def summary(config: Any, spec: str) -> tuple[str, dict]:
+    """Per-layer table of the config's model at its input shape; totals ``params`` and ``flops``."""
+    from jaxvision.models.summary import format_table, summarize
+    model, shape = model_and_input_shape(config, spec)
+    rows, totals = summarize(model, shape)
     return format_table(rows, totals), {"params": int(totals["params"]), "flops": int(totals["flops"])}
 
 

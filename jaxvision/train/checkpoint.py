@@ -273,7 +273,15 @@ class Checkpointer:
         match the checkpoint, ``CheckpointError`` when no candidate is usable.
         """
         abstract = jax.tree.map(_abstract_leaf, target)
-        return self._first_usable(step, lambda s: self._load(s, abstract), "restore")
+        restored = self._first_usable(step, lambda s: self._load(s, abstract), "restore")
+        if jax.process_count() > 1:
+            # Host copies for numpy leaves: a global array on the fallback mesh could not be
+            # moved onto the caller's mesh without a cross-host transfer (unsupported on CPU).
+            state = jax.tree.map(
+                lambda t, r: np.asarray(r) if isinstance(t, (np.ndarray, np.generic)) else r,
+                target, restored.state)
+            restored = dataclasses.replace(restored, state=state)
+        return restored
 
     def restore_meta(self, step: int | str | None = None) -> dict | None:
         """Returns only the ``meta`` dict of a checkpoint (cheap: no arrays are read).
@@ -285,6 +293,29 @@ class Checkpointer:
         if step in (None, "latest") and not self.all_steps():
             return None
         return self._first_usable(step, lambda s: self._load_json(s, ("meta",))["meta"], "restore_meta")
+
+    def restore_raw(self, step: int | str | None = None) -> Restored:
+        """Restores a checkpoint without a target: ``state`` comes back as stored, nested dicts
+        (lists for sequences) of arrays on the default device, whatever model or optimizer
+        wrote it.
+
+        For reading another run's parameters (transfer learning, teachers, ensembles) when its
+        config is not at hand. ``step`` as in ``restore`` (with the same fallback); a step whose
+        array metadata is unreadable counts as unusable, since nothing else describes it.
+        """
+        def load(s: int) -> Restored:
+            stored = self._stored_tree(s)
+            if stored is None:
+                raise CheckpointError(f"the array metadata of step {s} is unreadable")
+            def leaf(m: Any) -> Any:
+                # A python scalar target restores a saved python scalar; no sharding: as saved.
+                if isinstance(m, ocp.metadata.ScalarMetadata):
+                    return np.dtype(m.dtype).type(0).item()
+                return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype)
+            abstract = jax.tree.map(
+                leaf, stored, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+            return self._load(s, abstract)
+        return self._first_usable(step, load, "restore_raw")
 
     # ------------------------------------------------------------------ internals
 
@@ -397,7 +428,7 @@ class Checkpointer:
         # data_state and meta are needed to resume exactly, so damage to them disqualifies the
         # checkpoint; train_metrics are informational and are read separately below.
         json_names = [n for n in ("data_state", "meta") if n in present]
-        args = {STATE_ITEM: ocp.args.StandardRestore(abstract)}
+        args = {STATE_ITEM: ocp.args.StandardRestore(abstract, fallback_sharding=_fallback_sharding())}
         args.update({n: ocp.args.JsonRestore() for n in json_names})
         restored = self._mngr.restore(step, args=ocp.args.Composite(**args))
         metrics = None
@@ -504,6 +535,19 @@ def _to_json(value: Any, arg: str, path: str = "") -> Any:
     raise TypeError(f"{where} is a {type(value).__name__}, which JSON cannot store")
 
 
+def _fallback_sharding() -> jax.sharding.Sharding:
+    """Where a leaf goes when its saved sharding names devices this run does not have.
+
+    That happens whenever the device or process count changed since the save (e.g. a checkpoint
+    of 2 processes restored in 1, or the reverse): one local device in a single process, a full
+    copy on every device of every process in a multi-process run.
+    """
+    if jax.process_count() == 1:
+        return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("devices",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 def _abstract_leaf(x: Any) -> Any:
     """Returns the restore target for one leaf: a ShapeDtypeStruct or a python scalar."""
     if isinstance(x, jax.ShapeDtypeStruct):
@@ -511,7 +555,11 @@ def _abstract_leaf(x: Any) -> Any:
     if isinstance(x, jax.Array):
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
     if isinstance(x, (np.ndarray, np.generic)):
-        return jax.ShapeDtypeStruct(np.shape(x), x.dtype)  # no sharding: restored as numpy
+        if jax.process_count() > 1:
+            # Every process needs the whole value; the saved sharding may name devices of
+            # another process count (or only another process's devices).
+            return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=_fallback_sharding())
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype)  # no sharding: as saved, or one device
     if isinstance(x, (bool, int, float)):
         return x
     raise TypeError(

@@ -51,19 +51,34 @@ class Run:
     eval_loader: Any
 
 
-def build(config: Any, exp: Experiment) -> Run:
-    """Builds data, model, optimizer and a fresh state (nothing compiled, nothing restored)."""
+def build(config: Any, exp: Experiment, sources: tuple[Any, Any] | None = None, *,
+          aux: bool = False, abstract: bool = False) -> Run:
+    """Builds data, model, optimizer and a fresh state (nothing compiled, nothing restored).
+
+    ``state.aux`` stays None unless ``aux`` (then as ``with_aux``), so by default ``run.state``
+    is the restore target of any checkpoint. With ``abstract`` the state holds only shapes and
+    dtypes (``jax.ShapeDtypeStruct``), a restore target that costs no compilation (no aux).
+
+    ``sources`` = (train, eval) sources replaces the ones ``config.data`` names (e.g. the folds
+    of ``jaxvision.crossval``); transforms and loading still follow ``config.data``.
+    """
     n = int(config.parallel.get("num_devices", 0))
     if n and jax.process_count() > 1:
         raise TrainingError("parallel.num_devices only applies to single-process runs; leave it 0.")
+    if str(config.parallel.strategy) == "pmap" and jax.process_count() > 1:
+        # Reading a pmap result back (unreplicate) is then itself a cross-process computation
+        # that can deadlock; jit gives the same numbers with one program over every device.
+        raise TrainingError(f"parallel.strategy='pmap' runs in one process only, and this job has "
+                            f"{jax.process_count()} processes; use --config.parallel.strategy=jit "
+                            "(the default: one program over the devices of every process).")
     if n > jax.device_count():
         raise TrainingError(f"parallel.num_devices={n} but only {jax.device_count()} devices exist.")
     strategy = Strategy(str(config.parallel.strategy), jax.devices()[:n] if n else None)
     strategy.check_batch(int(config.train.batch_size))
     strategy.check_batch(int(config.train.eval_batch_size))
     data = config.data
-    train_source = build_source(data, data.train_split)
-    eval_source = build_source(data, data.eval_split)
+    train_source, eval_source = sources if sources is not None else (
+        build_source(data, data.train_split), build_source(data, data.eval_split))
     train_loader = make_loader(data, data.train_split, mode="train", source=train_source,
                                global_batch=int(config.train.batch_size), seed=int(config.seed))
     eval_loader = make_loader(data, data.eval_split, mode="eval", source=eval_source,
@@ -74,12 +89,27 @@ def build(config: Any, exp: Experiment) -> Run:
     sample = {k: v[:1] for k, v in sample.items()}
     key = jax.random.key(int(config.seed))
     init_key, state_key = jax.random.split(key)
+    ema = float(config.optim.get("ema_decay", 0.0)) > 0
+    if abstract:
+        state = jax.eval_shape(lambda s, k1, k2: state_lib.create(
+            exp.init_variables(config, model, s, k1), optimizer, k2, ema), sample, init_key,
+            state_key)
+        return Run(config, exp, strategy, train_source.info, model, optimizer, state,
+                   train_loader, eval_loader)
     init = jax.jit(functools.partial(exp.init_variables, config, model))
     variables = jax.device_get(init(sample, init_key))
-    ema = float(config.optim.get("ema_decay", 0.0)) > 0
     state = state_lib.create(variables, optimizer, state_key, ema)
-    return Run(config, exp, strategy, train_source.info, model, optimizer, state,
-               train_loader, eval_loader)
+    run = Run(config, exp, strategy, train_source.info, model, optimizer, state,
+              train_loader, eval_loader)
+    return with_aux(run) if aux else run
+
+
+def with_aux(run: Run) -> Run:
+    """Fills ``run.state.aux`` from the experiment's ``aux`` hook (e.g. a distillation teacher),
+    for training; returns ``run``. Evaluation needs no aux, and checkpoints never hold it."""
+    if run.exp.aux is not None:
+        run.state = run.state.replace(aux=run.exp.aux(run.config, run.info))
+    return run
 
 
 def evaluate(run: Run, device_state: Any, eval_step: Any) -> dict:
@@ -91,16 +121,32 @@ def evaluate(run: Run, device_state: Any, eval_step: Any) -> dict:
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps (save, then exit cleanly)."""
+    """Turns SIGTERM into a flag the loop checks between steps (save, then exit cleanly).
+
+    With several processes they must all stop after the same step (the save is collective), so
+    JAX's preemption sync replaces the local handler: the runtime catches SIGTERM on any process
+    and ``check(step)`` turns True on every process at the same step.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
+        self._synced = jax.process_count() > 1
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if not self._synced and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
+
+    def check(self, step: int) -> bool:
+        """Whether to save and stop after ``step``; call it after every step, on every process."""
+        if self._synced and not self.requested:
+            from jax.experimental import multihost_utils
+            try:
+                self.requested = multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # jax_enable_preemption_service is off: SIGTERM just ends the job
+                self._synced = False
+        return self.requested
 
     def _handle(self, signum, frame):
         del signum, frame
@@ -125,36 +171,50 @@ def _check_resume_config(config: Any, meta: dict | None, force: bool) -> None:
 
 
 def _restore(run: Run, ckpt: Checkpointer, which: str | int | None = None):
-    restored = ckpt.restore(run.state, step=which)
-    return restored
+    # aux is not checkpointed: restore without it, then put the freshly built one back.
+    restored = ckpt.restore(run.state.without_aux(), step=which)
+    state = restored.state
+    if jax.process_count() > 1:
+        # On the host, as a fresh state is: restored arrays sit on this process's devices, and
+        # placing them on the global mesh would be a cross-host transfer (unsupported on CPU).
+        state = jax.device_get(state)
+    return dataclasses.replace(restored, state=state.replace(aux=run.state.aux))
 
 
 def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | None = None,
-          force: bool = False, progress: bool = True, stop_at: int | None = None) -> dict:
+          force: bool = False, progress: bool = True, stop_at: int | None = None,
+          sources: tuple[Any, Any] | None = None) -> dict:
     """Trains (or resumes) ``config`` in ``workdir``; returns the final eval metrics.
 
     ``stop_at`` interrupts the run after that step with a checkpoint, as a pre-emption would
     (for time-sliced jobs and resume tests); training again in ``workdir`` continues it.
 
     Stops early, with a checkpoint, on SIGTERM; raises ``TrainingError`` on a non-finite loss or
-    gradient (the last checkpoint, written before that step, stays intact).
+    gradient (the last checkpoint, written before that step, stays intact). ``sources``: see
+    ``build``.
     """
     workdir = Path(workdir)
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(
         experiment or config.get("experiment", "experiments/classification.py"))
-    run = build(config, exp)
+    run = with_aux(build(config, exp, sources))
     is_main = jax.process_index() == 0
     tc = config.train
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=int(tc.keep_checkpoints),
                         best_metric=str(tc.best_metric) or None, best_mode=str(tc.best_mode),
                         async_save=bool(tc.async_checkpoint))
     meta = {"config": config_lib.to_dict(config), "config_hash": config_lib.config_hash(config)}
-    data_state = None
+    data_state, restored_step = None, None
+    transfer_note = ""
     host_state = run.state
     if ckpt.latest_step() is not None:
         _check_resume_config(config, ckpt.restore_meta(), force)
         restored = _restore(run, ckpt)
         host_state, data_state = restored.state, restored.data_state
+        restored_step = restored.step
+    elif config.get("transfer") is not None and config.transfer.workdir:
+        from jaxvision.train import transfer  # only a fresh run starts from another run's weights
+        host_state, transfer_note = transfer.transfer_state(config.transfer, host_state,
+                                                            run.optimizer)
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(json.dumps(meta["config"], indent=2))
@@ -164,6 +224,8 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
                            progress=progress)
     if start:
         writer.message(f"resumed from step {start} in {workdir}")
+    elif transfer_note:
+        writer.message(transfer_note)
     strategy = run.strategy
     train_step = strategy.compile_train(
         make_train_step(exp, run.model, run.optimizer, config, strategy.axis_name))
@@ -184,7 +246,9 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
                                 f"The last checkpoint ({'step ' + str(last) if last is not None else 'none'}) "
                                 "is intact. Lower optim.lr, add optim.grad_clip_norm, or check the data.")
 
-    saved = {"step": ckpt.latest_step()}
+    # The step actually restored, not latest_step(): a damaged newest checkpoint is skipped on
+    # restore and must be written again when training reaches its step.
+    saved = {"step": restored_step}
 
     def save(step: int, metrics: dict | None = None, force_save: bool = False) -> None:
         check_finite()
@@ -194,8 +258,8 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
         scalars = {k: float(v) for k, v in (metrics or {}).items() if np.ndim(v) == 0}
         if not tc.best_metric or tc.best_metric not in scalars:
             scalars = None  # a checkpoint without eval metrics never competes for 'best'
-        ckpt.save(step, strategy.unreplicate(device_state), data_state=it.get_state(), meta=meta,
-                  metrics=scalars, force=force_save)
+        ckpt.save(step, strategy.unreplicate(device_state.without_aux()), data_state=it.get_state(),
+                  meta=meta, metrics=scalars, force=force_save)
 
     def flush_train(step: int) -> None:
         if not pending:
@@ -240,7 +304,7 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
                                    f"{tc.best_metric} in {patience} evaluations")
                     stopped_early = True
                     break
-                if preempt.requested or (stop_at is not None and step >= stop_at and step < total):
+                if preempt.check(step) or (stop_at is not None and step >= stop_at and step < total):
                     flush_train(step)
                     save(step, force_save=True)
                     ckpt.wait()
@@ -253,7 +317,7 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
             flush_train(step)
             if stopped_early and ckpt.best_step() is not None:
                 ckpt.wait()
-                restored = ckpt.restore(run.state, step="best")
+                restored = _restore(run, ckpt, "best")
                 device_state = strategy.put_state(restored.state)
                 writer.message(f"restored the best parameters (step {restored.step})")
             results = evaluate(run, device_state, eval_step)
@@ -265,6 +329,11 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
     ckpt.close()
     if is_main:
         finish(run, workdir, results)
+    if jax.process_count() > 1:
+        # The others wait here for process 0's plots and report: at exit they would wait only
+        # JAXVISION_SHUTDOWN_TIMEOUT for it and then fail the job.
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("jaxvision_train_finished")
     return results
 
 
@@ -291,7 +360,7 @@ def evaluate_checkpoint(config: Any, workdir: str | Path, *, checkpoint: str = "
         raise TrainingError(f"no checkpoint in {Path(workdir) / 'checkpoints'}; train first with "
                             "`python -m jaxvision train --config ... --workdir ...`.")
     which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
-    restored = ckpt.restore(run.state, step=which)
+    restored = _restore(run, ckpt, which)
     ckpt.close()
     eval_step = run.strategy.compile_eval(make_eval_step(exp, run.model, config, run.strategy.axis_name))
     results = evaluate(run, run.strategy.put_state(restored.state), eval_step)

@@ -37,10 +37,15 @@ def make_train_step(exp: Experiment, model: Any, optimizer: optax.GradientTransf
 
         local_batch = jax.tree.leaves(batch)[0].shape[0]
 
+        # Frozen data for the loss (a teacher's variables) is passed only when there is some, so
+        # experiments without an ``aux`` hook keep the plain loss signature.
+        extra = {"aux": state.aux} if state.aux is not None else {}
+
         def objective(params):
             with replica_context(local_batch, axis_name):
                 loss, metrics, new_model_state = exp.loss(
-                    config, model, {"params": params, **state.model_state}, batch, key, train=True)
+                    config, model, {"params": params, **state.model_state}, batch, key, train=True,
+                    **extra)
             return loss, (metrics, new_model_state)
 
         (loss, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(

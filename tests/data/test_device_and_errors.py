@@ -87,3 +87,19 @@ def test_mismatched_image_sizes_suggest_a_resize():
     src = ArraySource({"image": [np.zeros((4, 4, 3), np.uint8), np.zeros((5, 5, 3), np.uint8)]})
     with pytest.raises(DataError, match="resize"):
         next(iter(Loader(src, global_batch=2, mode="eval", prefetch=1)))
+
+
+def test_bare_normalize_uses_the_training_split_statistics():
+    from jaxvision.data import pipeline
+    from jaxvision.data.transforms import compute_mean_std
+    data = data_config()
+    data.procedural.image_size, data.procedural.num_train, data.procedural.num_eval = 8, 40, 12
+    data.keys = ("label",)
+    data.eval_pp = "normalize"
+    mean, std = compute_mean_std(build_source(data, "train"), 1000)
+    loader = make_loader(data, "test", mode="eval", global_batch=4, seed=0)
+    batch = next(iter(loader))
+    raw = build_source(data, "test")[0]["image"].astype(np.float64)
+    np.testing.assert_allclose(batch["image"][0], (raw - mean) / std, rtol=1e-5, atol=1e-5)
+    assert batch["image"].dtype == np.float32
+    pipeline._STATS_CACHE.clear()

@@ -170,5 +170,9 @@ def test_cli_round_trip(tmp_path):
     bench = json.loads(r.stdout.strip().splitlines()[-1])
     for key in ("images_per_sec", "step_ms", "compile_s", "devices", "backend", "peak_memory_bytes"):
         assert key in bench
+    r = _cli("summary", "--config", "experiments/classification.py:default")
+    assert r.returncode == 0, r.stderr
+    totals = json.loads(r.stdout.strip().splitlines()[-1])
+    assert totals["params"] > 0 and totals["flops"] > 0 and "head" in r.stdout
     r = _cli("train", "--config", f"{TINY}:tiny", "--workdir", workdir, "--config.train.stpes=3")
     assert r.returncode == 2 and "train.steps" in r.stderr and "Traceback" not in r.stderr

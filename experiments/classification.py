@@ -5,7 +5,6 @@ Named configs (``experiments/classification.py:<name>``) are listed in ``CONFIGS
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 from jaxvision import losses, metrics, models
 from jaxvision.config import base_config
 from jaxvision.data.source import SourceInfo
+from jaxvision.experiment import Setup
 from jaxvision.experiment import default_prepare as prepare
 
 
@@ -54,11 +54,11 @@ def _metrics(logits: jax.Array, labels: jax.Array, per_example_loss: jax.Array, 
 
 
 def loss(config: Any, model, variables: dict, batch: dict, key, *, train: bool,
-         aux: dict | None = None):
+         setup: Setup | None = None):
     """Mean (label-smoothed) cross-entropy over the valid examples, its metrics, new model state.
 
-    With a teacher in ``aux`` (knowledge distillation, see ``aux``) the per-example objective is
-    ``alpha * distillation_loss + (1 - alpha) * cross-entropy``; the metric ``loss`` stays the
+    With a teacher in ``setup`` (knowledge distillation, see ``setup``) the per-example objective
+    is ``alpha * distillation_loss + (1 - alpha) * cross-entropy``; the metric ``loss`` stays the
     cross-entropy and ``distill_loss`` is the soft term.
     """
     logits, new_state = _apply(model, variables, batch, config, key, train)
@@ -67,17 +67,16 @@ def loss(config: Any, model, variables: dict, batch: dict, key, *, train: bool,
     w = batch["valid"]
     out = _metrics(logits, batch["label"], per_example, w)
     objective = per_example
-    if aux is not None and aux.get("teacher") is not None:
+    if train and setup is not None and "teacher" in setup.static:
         d = config.distill
-        soft = losses.distillation_loss(logits, teacher_logits(config, aux["teacher"], batch,
-                                                               logits.shape[-1]),
+        soft = losses.distillation_loss(logits, teacher_logits(setup, batch, logits.shape[-1]),
                                         float(d.temperature))
         objective = float(d.alpha) * soft + (1.0 - float(d.alpha)) * per_example
         out["distill_loss"] = metrics.mean(soft, w)
     return losses.masked_mean(objective, w), out, new_state
 
 
-def evaluate(config: Any, model, variables: dict, batch: dict):
+def evaluate(config: Any, model, variables: dict, batch: dict, setup: Setup | None = None):
     """Metric sums over the batch's valid examples, the confusion matrix included."""
     logits, _ = _apply(model, variables, batch, config, None, False)
     labels, w = batch["label"], batch["valid"]
@@ -86,6 +85,13 @@ def evaluate(config: Any, model, variables: dict, batch: dict):
     cm = metrics.confusion_matrix(jnp.argmax(logits, -1), labels, logits.shape[-1], w)
     out["confusion_matrix"] = (cm, jnp.ones((), jnp.float32))
     return out
+
+
+def predict(config: Any, model, variables: dict, batch: dict, setup: Setup | None = None):
+    """Per example: ``logits`` (N, C) float32 and ``probabilities`` (N, C)."""
+    logits, _ = _apply(model, variables, batch, config, None, False)
+    logits = logits.astype(jnp.float32)
+    return {"logits": logits, "probabilities": jax.nn.softmax(logits, axis=-1)}
 
 
 def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
@@ -109,9 +115,9 @@ def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
 def distill_config() -> ml_collections.ConfigDict:
     """The ``distill`` block: learn from a teacher run's temperature-softened predictions.
 
-    ``teacher_workdir`` (None = off): a finished run; ``teacher_config``: a spec of its
-    experiment (its workdir's ``config.json`` fills in the rest, overrides included, so any
-    config of the teacher's experiment file will do); ``teacher_checkpoint``: None (latest),
+    ``teacher_workdir`` (None = off): a finished run (its ``config.json`` says its experiment and
+    config); ``teacher_config``: the spec to assume for an older run that recorded no
+    experiment; ``teacher_checkpoint``: None (latest),
     'best' or a step; ``temperature`` T of both softmaxes; ``alpha``: weight of the soft loss
     (KL * T^2), ``1 - alpha`` that of the cross-entropy. The teacher sees the student's batches.
     """
@@ -120,49 +126,39 @@ def distill_config() -> ml_collections.ConfigDict:
         teacher_checkpoint=None, temperature=4.0, alpha=0.9))
 
 
-def aux(config: Any, info: SourceInfo) -> dict | None:
-    """The teacher's evaluation variables, ``{'teacher': variables}``, when distilling; else None.
-
-    Runs on the host each time training starts (fresh or resumed: teachers are not checkpointed).
-    """
-    del info
+def setup(config: Any, info: SourceInfo) -> Setup:
+    """When distilling: the teacher's experiment, config and model (static) and its evaluation
+    variables (data), read once on the host; otherwise an empty ``Setup``."""
     d = config.get("distill")
     if d is None or not d.teacher_workdir:
-        return None
+        return Setup()
     if not float(d.temperature) > 0 or not 0.0 <= float(d.alpha) <= 1.0:
         raise ValueError(f"distill.temperature={d.temperature} must be > 0 and distill.alpha="
                          f"{d.alpha} in [0, 1] (the weight of the soft loss).")
+    from jaxvision.config import workdir_config
+    from jaxvision.experiment import resolve_experiment
     from jaxvision.train.transfer import read_variables
     variables, _ = read_variables(d.teacher_workdir, d.get("teacher_checkpoint"),
                                   what="distill.teacher_workdir")
-    return {"teacher": variables}
-
-
-@functools.lru_cache(maxsize=8)
-def _teacher(spec: str, workdir: str, num_classes: int):
-    """(experiment, config, model) of a teacher run, rebuilt from its saved config."""
-    from jaxvision.experiment import load_experiment
-    from jaxvision.train.transfer import run_config
-    tconfig = run_config(spec, workdir)
-    texp = load_experiment(spec)
+    tconfig = workdir_config(d.teacher_workdir, default_spec=str(d.teacher_config or "") or None)
+    texp = resolve_experiment(tconfig)
     # The teacher predicts the student's classes: its head is built for the student's count.
-    info = SourceInfo(name=str(tconfig.data.name), split=str(tconfig.data.train_split),
-                      keys=("image", "label"), num_classes=num_classes)
-    return texp, tconfig, texp.build_model(tconfig, info)
+    tinfo = SourceInfo(name=str(tconfig.data.name), split=str(tconfig.data.train_split),
+                       keys=("image", "label"), num_classes=info.num_classes)
+    return Setup(static={"teacher": (texp, tconfig, texp.build_model(tconfig, tinfo)),
+                         "teacher_workdir": str(d.teacher_workdir)},
+                 data={"teacher": variables})
 
 
-def teacher_logits(config: Any, teacher_variables: dict, batch: dict, num_classes: int
-                   ) -> jax.Array:
+def teacher_logits(setup: Setup, batch: dict, num_classes: int) -> jax.Array:
     """The teacher's eval-mode logits (N, num_classes) on ``batch``, outside the gradient."""
-    d = config.distill
-    texp, tconfig, tmodel = _teacher(str(d.teacher_config), str(d.teacher_workdir),
-                                     int(num_classes))
-    logits = tmodel.apply(teacher_variables, texp.prepare(tconfig, batch), train=False)
+    texp, tconfig, tmodel = setup.static["teacher"]
+    logits = tmodel.apply(setup.data["teacher"], texp.prepare(tconfig, batch), train=False)
     n = batch["label"].shape[0]
     if tuple(logits.shape) != (n, num_classes):
-        raise ValueError(f"distill: the teacher in {d.teacher_workdir} gives logits of shape "
-                         f"{tuple(logits.shape)}, the student ({n}, {num_classes}); teacher and "
-                         "student must predict the same classes.")
+        raise ValueError(f"distill: the teacher in {setup.static['teacher_workdir']} gives logits "
+                         f"of shape {tuple(logits.shape)}, the student ({n}, {num_classes}); "
+                         "teacher and student must predict the same classes.")
     return jax.lax.stop_gradient(logits)
 
 
@@ -349,12 +345,13 @@ def alexnet_ablation() -> ml_collections.ConfigDict:
     config.data.train_pp = "resize(32)|random_crop(32, pad=2)|flip_lr"
     config.data.eval_pp = "resize(32)"
     # 1/8 width (conv 12-32-48-48-32, fc 512; 10 MFLOPs at 32x32) keeps 5 variants x 5 epochs
-    # near half an hour on 2 CPU cores. Batch norm: without it 3 epochs left every variant
-    # underfit (full 83%) and removing layers *helped* (benchmarks/NOTES.md).
+    # near half an hour on 2 CPU cores. Batch norm and no dropout: in runs this short, either
+    # 3 epochs without batch norm or dropout 0.5 before fc6/fc7 left the full model underfit, so
+    # removing the fc layers *helped* (benchmarks/NOTES.md); --config.model.dropout=0.5 restores it.
     # Run: python -m jaxvision ablate --config ...:alexnet_ablation --workdir DIR
     #      [--config.ablation.seeds="(0, 1)"]   (finished variant/seed runs are skipped)
     config.model = ml_collections.ConfigDict(dict(name="alexnet_small", width=0.125, stem_kernel=3,
-                                                  stem_stride=1, grid=3, dropout=0.5, norm="batch",
+                                                  stem_stride=1, grid=3, dropout=0.0, norm="batch",
                                                   remove=()))
     config.optim.name = "adam"
     config.optim.lr = 2e-3
@@ -366,7 +363,7 @@ def alexnet_ablation() -> ml_collections.ConfigDict:
     config.train.eval_every = 0
     config.train.checkpoint_every = 0
     config.train.log_every = 100
-    from jaxvision.ablation import ablation_config
+    from jaxvision.tools.ablation import ablation_config
     config.ablation = ablation_config(
         variants=tuple((name, {"model.remove": removed}) for name, removed in ALEXNET_ABLATION),
         seeds=(0,), metric="accuracy")

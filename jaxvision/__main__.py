@@ -47,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir", required=True)
     t.add_argument("--force", action="store_true", help="resume even if the config changed")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    e = sub.add_parser("eval", help="evaluate a checkpoint; prints the metrics as JSON")
-    e.add_argument("--config", required=True)
+    e = sub.add_parser("eval", help="run every evaluator on a checkpoint; prints the metrics as JSON")
+    e.add_argument("--config", default=None, help="default: the config the workdir recorded")
     e.add_argument("--workdir", required=True)
     e.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
     sub.add_parser("list", help="list experiments and their named configs")
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--transformed", action="store_true",
                     help="show examples after the training transforms (as the model sees them)")
     a = sub.add_parser("ablate", help="train the config's ablation.variants x ablation.seeds; "
-                                      "table, CSV and bar chart (see jaxvision/ablation.py)")
+                                      "table, CSV and bar chart (see jaxvision/tools/ablation.py)")
     a.add_argument("--config", required=True)
     a.add_argument("--workdir", required=True)
     a.add_argument("--force", action="store_true", help="resume runs even if their config changed")
@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="resume folds even if their config changed")
     c.add_argument("--progress", action="store_true", help="progress bars")
     pr = sub.add_parser("probe", help="linear probe per layer of a trained model")
-    pr.add_argument("--config", required=True)
+    pr.add_argument("--config", default=None, help="default: the config the workdir recorded")
     pr.add_argument("--workdir", required=True)
     pr.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
     pr.add_argument("--max-examples", type=int, default=5000,
@@ -92,10 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--l2", type=float, default=1e-3, help="L2 penalty on standardized features")
     pr.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations at most")
     pr.add_argument("--out", default=None, help="report directory (default: the workdir)")
+    pr.add_argument("--knn", type=int, default=0,
+                    help="also score a k-nearest-neighbour classifier per layer (k; 0 = off)")
     en = sub.add_parser("ensemble", help="accuracy of several runs and of their averaged "
-                                         "probabilities (see jaxvision/ensemble.py)")
-    en.add_argument("--config", required=True, help="spec of the members' experiment; each "
-                    "member's saved config.json fills in the rest")
+                                         "probabilities (see jaxvision/tools/ensemble.py)")
+    en.add_argument("--config", default=None, help="default: the config each member recorded "
+                    "(a spec here is for runs from before configs recorded their experiment)")
     en.add_argument("--workdir", required=True, action="append",
                     help="a member run (repeat for more members)")
     en.add_argument("--snapshots", action="store_true",
@@ -143,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args, overrides, get_config) -> int:
-    if args.command in ("train", "eval", "bench"):
+    if args.command in ("train", "eval", "bench", "ensemble", "probe"):
         # First, before anything touches JAX devices: join the other processes of a multi-process
         # job (a no-op for a plain single-process run; see jaxvision/distributed.py).
         from jaxvision import distributed
@@ -159,51 +161,55 @@ def _run(args, overrides, get_config) -> int:
         print(f"prepared {args.name} in {path}")
         return 0
     if args.command == "ablate":
-        from jaxvision import ablation
+        from jaxvision.tools import ablation
         config = ablation.load_config(args.config, overrides)
-        rows = ablation.run_ablation(config, args.workdir, experiment=args.config,
-                                     force=args.force, progress=args.progress)
+        rows = ablation.run_ablation(config, args.workdir, force=args.force,
+                                     progress=args.progress)
         metric = str(config.ablation.metric)
         print(ablation.markdown_table(rows, metric))
         _print_json(ablation.summary_json(rows, metric))
         return 0
     if args.command == "ensemble":
-        from jaxvision.ensemble import ensemble_from_specs
+        from jaxvision.tools.ensemble import ensemble_from_specs
         which = int(args.checkpoint) if args.checkpoint.isdigit() else args.checkpoint
         _print_json(ensemble_from_specs(args.config, args.workdir, overrides=overrides,
                                         snapshots=args.snapshots,
                                         checkpoint=None if which == "latest" else which))
         return 0
-    config = get_config(args.config, overrides)
+    if args.command in ("eval", "probe") and args.config is None:
+        # The run says which experiment and config it is (its workdir's config.json).
+        from jaxvision.config import workdir_config
+        config = workdir_config(args.workdir, None, overrides)
+    else:
+        config = get_config(args.config, overrides)
     if args.command == "train":
         from jaxvision.train.loop import train
-        results = train(config, args.workdir, experiment=args.config, force=args.force,
-                        progress=not args.no_progress)
+        results = train(config, args.workdir, force=args.force, progress=not args.no_progress)
         _print_json({k: v for k, v in results.items() if np.ndim(v) == 0})
     elif args.command == "eval":
         from jaxvision.train.loop import evaluate_checkpoint
-        results = evaluate_checkpoint(config, args.workdir, checkpoint=args.checkpoint,
-                                      experiment=args.config)
+        results = evaluate_checkpoint(config, args.workdir, checkpoint=args.checkpoint)
         _print_json({k: v for k, v in results.items() if np.ndim(v) == 0})
     elif args.command == "summary":
         from jaxvision.train.bench import summary
-        table, totals = summary(config, args.config)
+        table, totals = summary(config)
         print(table)
         _print_json(totals)
     elif args.command == "bench":
         from jaxvision.train.bench import bench
-        _print_json(bench(config, args.config, steps=args.steps))
+        _print_json(bench(config, steps=args.steps))
     elif args.command == "crossval":
-        from jaxvision.crossval import crossval, markdown
-        result = crossval(config, args.workdir, folds=args.folds, experiment=args.config,
-                          force=args.force, progress=args.progress)
+        from jaxvision.tools.crossval import crossval, markdown
+        result = crossval(config, args.workdir, folds=args.folds, force=args.force,
+                          progress=args.progress)
         print(markdown(result))
         _print_json(result.to_json())
     elif args.command == "probe":
-        from jaxvision.probe import run_probe, summary_json
-        rows = run_probe(config, args.workdir, experiment=args.config, checkpoint=args.checkpoint,
+        from jaxvision.tools.probe import run_probe, summary_json
+        rows = run_probe(config, args.workdir, checkpoint=args.checkpoint,
                          max_examples=args.max_examples, l2=args.l2, max_iter=args.max_iter,
-                         layers=[x for x in args.layers.split(",") if x] or None, out_dir=args.out)
+                         layers=[x for x in args.layers.split(",") if x] or None, out_dir=args.out,
+                         knn=args.knn)
         for r in rows:
             print(f"{r.layer:24s} dim {r.dim:6d}  train {r.train_accuracy:.4f}  eval {r.eval_accuracy:.4f}")
         _print_json(summary_json(rows))

@@ -33,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
     """Keys every experiment has (the command-line contract), with defaults."""
     from jaxvision.optim import optim_config
     return ml_collections.ConfigDict(dict(
+        # The experiment module and config name ('experiments/<task>.py:<name>'); get_config sets
+        # it, and the workdir's config.json records it, so a run knows its own task.
+        experiment="",
         seed=0,
         data=data_config(),
         model=ml_collections.ConfigDict(dict(name="small_cnn")),
@@ -51,6 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
             mixed_precision=False,   # bfloat16 compute, float32 params and optimizer state
             async_checkpoint=True,
         )),
+        # Named evaluators (jaxvision/evaluators.py): name -> ConfigDict(type=..., split=...,
+        # batch_size=..., every=..., ...). Empty: one 'metrics' evaluator over data.eval_split
+        # with train.eval_batch_size every train.eval_every steps (the experiment's ``evaluate``).
+        evals=ml_collections.ConfigDict(),
         # strategy 'jit' or 'pmap'; num_devices 0 = all devices, n = the first n (single process)
         parallel=ml_collections.ConfigDict(dict(strategy="jit", num_devices=0)),
         # Start from another run's weights (jaxvision/train/transfer.py); only on a fresh start.
@@ -84,6 +91,35 @@ def load_module(path: str | Path) -> ModuleType:
     return module
 
 
+def normalize_spec(spec: str) -> str:
+    """``path:name`` with the path as ``experiments/<file>.py`` for the project's experiments and
+    absolute otherwise, so the same experiment reads the same from any directory."""
+    path, name = split_spec(spec)
+    p = Path(path)
+    resolved = p.resolve() if p.is_file() else (EXPERIMENTS_DIR / p.name).resolve()
+    if resolved.parent == EXPERIMENTS_DIR and resolved.is_file():
+        return f"experiments/{resolved.name}:{name}"
+    return f"{resolved if resolved.is_file() else path}:{name}"
+
+
+# Keys added to base_config after runs were already saved without them: a saved config that
+# lacks one is read as holding this value (its behaviour then), so old workdirs keep resuming.
+_ADDED_KEYS = {"evals": {}}
+
+
+def migrate(saved: dict, current: dict) -> dict:
+    """A saved config dict brought up to the current keys (see ``_ADDED_KEYS``).
+
+    ``experiment`` missing from an old run's config is taken from ``current`` (the spec the
+    user gave for it now)."""
+    out = dict(saved)
+    for key, value in _ADDED_KEYS.items():
+        out.setdefault(key, value)
+    if not out.get("experiment") and current.get("experiment"):
+        out["experiment"] = current["experiment"]
+    return out
+
+
 def split_spec(spec: str) -> tuple[str, str]:
     """``'experiments/classification.py:default'`` -> (path, name); the name defaults to 'default'."""
     path, _, name = spec.partition(":")
@@ -102,6 +138,8 @@ def get_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Confi
         raise ConfigError(f"{path} has no config {name!r}; it has: {', '.join(configs)}."
                           + (f" Did you mean {close[0]!r}?" if close else ""))
     config = configs[name]()
+    with config.unlocked():
+        config.experiment = normalize_spec(f"{path}:{name}")
     for override in overrides:
         apply_override(config, override)
     return config
@@ -195,3 +233,66 @@ def list_experiments(directory: Path = EXPERIMENTS_DIR) -> list[tuple[str, str, 
             doc = (fn.__doc__ or "").strip().splitlines()
             rows.append((f"experiments/{path.name}:{name}", name, doc[0] if doc else ""))
     return rows
+
+
+def saved_config(workdir: str | Path) -> dict | None:
+    """Returns the config a run saved in ``workdir`` (``config.json``) as a dict, None if absent."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _tupled(value: Any) -> Any:
+    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
+
+
+def _overlay(config: ml_collections.ConfigDict, saved: dict, prefix: str = "") -> None:
+    """Sets every key of ``saved`` in ``config`` (JSON lists back to tuples), recursively."""
+    for key, value in saved.items():
+        old = config.get(key)
+        if isinstance(value, dict):
+            if isinstance(old, ml_collections.ConfigDict):
+                _overlay(old, value, f"{prefix}{key}.")
+                continue
+            value = ml_collections.ConfigDict(value)
+        elif isinstance(value, list) and not isinstance(old, list):
+            value = _tupled(value)
+        elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        try:
+            config[key] = value
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"the saved config's {prefix}{key}={value!r} does not fit the "
+                              f"config's {prefix}{key}={old!r}: {e}") from None
+
+
+def workdir_config(workdir: str | Path, spec: str | None = None, overrides: Iterable[str] = (),
+                   *, default_spec: str | None = None) -> ml_collections.ConfigDict:
+    """The config a run used, from its ``workdir/config.json``: the experiment config it recorded
+    (or ``spec`` when given; ``default_spec`` for an old run that recorded none), then every key
+    it saved (its overrides included), then ``overrides``.
+
+    So ``eval --workdir W`` needs no ``--config``, and a run trained with
+    ``--config.model.widths=(4, 8)`` is rebuilt with that model. Raises FileNotFoundError when
+    ``workdir`` holds no ``config.json``; ConfigError when no experiment is known.
+    """
+    saved = saved_config(workdir)
+    if saved is None:
+        raise FileNotFoundError(f"{Path(workdir) / 'config.json'} not found: {str(workdir)!r} is "
+                                "not the workdir of a jaxvision run (train one there first).")
+    spec = spec or saved.get("experiment") or default_spec
+    if not spec:
+        raise ConfigError(f"{Path(workdir) / 'config.json'} records no experiment (a run from "
+                          "before configs recorded it): pass --config experiments/<task>.py:<name>.")
+    path, name = split_spec(spec)
+    if name in (getattr(load_module(path), "CONFIGS", None) or {}):
+        config = get_config(spec)
+    else:
+        # A run trained from Python with a config of another name: the saved config has every key.
+        config = base_config()
+        config.experiment = normalize_spec(spec)
+    _overlay(config, migrate(saved, to_dict(config)))
+    for override in overrides:
+        apply_override(config, override)
+    return config

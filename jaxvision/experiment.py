@@ -15,11 +15,18 @@ few pure functions (``variables`` below is ``{'params': params, **model_state}``
   uint8 ``image`` -> float32 in [0, 1]);
 * optional ``report(config, workdir, results, info)``: host-side work at the end of training
   (plots, tables); ``results`` holds the final eval metrics, array metrics included;
-* optional ``aux(config, info) -> pytree | None``: host-side, called when training starts (fresh
-  or resumed; ``loop.with_aux``) for frozen data the loss reads, e.g. a distillation teacher's
-  variables. When it returns a pytree, the train step calls ``loss(..., train=True,
-  aux=that_pytree)`` with it as traced data (``TrainState.aux``: placed on the devices, not
-  optimized, not checkpointed).
+* optional ``predict(config, model, variables, batch, **setup) -> {name: (N, ...) array}``:
+  per-example outputs (``logits``, ``embedding``, boxes, ...) that gathering evaluators
+  (``jaxvision.evaluators``), ``ensemble``, ``probe`` and ``predict`` read, one row per example of
+  the batch, never reduced over it;
+* optional ``setup(config, info) -> Setup``: host-side, once per run (fresh or resumed, and for
+  ``eval``), for what the traced functions need but must not build themselves: a teacher's model
+  and variables, anchors, class names, a ground-truth index. ``Setup.static`` holds Python
+  objects (modules, ints, strings) that are closed over; ``Setup.data`` a pytree of arrays that
+  enters every compiled step as an argument (placed on the devices, never baked into the
+  program, not optimized, not checkpointed). When the hook exists, ``loss``, ``evaluate`` and
+  ``predict`` receive ``setup=Setup(static, data)`` (data traced) as a keyword. No file I/O or
+  imports happen inside traced code.
 
 The core (``jaxvision.train``) does everything else: data, optimizer, compiled steps over the
 device mesh, evaluation, checkpoints, logs.
@@ -34,7 +41,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from jaxvision.config import ConfigError, load_module, split_spec
+from jaxvision.config import ConfigError, load_module, normalize_spec, split_spec
 
 
 def default_prepare(config: Any, batch: dict) -> jax.Array:
@@ -44,6 +51,17 @@ def default_prepare(config: Any, batch: dict) -> jax.Array:
     if image.dtype == jnp.uint8:
         return image.astype(dtype) / 255.0
     return image.astype(dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What an experiment builds once per run on the host (see the module docstring).
+
+    ``static``: Python objects closed over by the traced functions; ``data``: a pytree of arrays
+    passed to them as traced arguments (None when there is none)."""
+
+    static: dict = dataclasses.field(default_factory=dict)
+    data: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +75,23 @@ class Experiment:
     prepare: Callable = default_prepare
     init: Callable | None = None
     report: Callable | None = None
-    aux: Callable | None = None
+    predict: Callable | None = None
+    setup: Callable | None = None
+    spec: str = ""
+
+    def build_setup(self, config: Any, info: Any) -> "Setup":
+        """The experiment's ``setup`` hook, or an empty ``Setup``."""
+        if self.setup is None:
+            return Setup()
+        out = self.setup(config, info)
+        if not isinstance(out, Setup):
+            raise TypeError(f"{self.spec or self.module.__name__}: setup() must return a "
+                            f"jaxvision.experiment.Setup, got {type(out).__name__}.")
+        return out
+
+    def setup_kwargs(self, static: Any, data: Any) -> dict:
+        """``{'setup': Setup(static, data)}`` when the experiment has a setup hook, else {}."""
+        return {"setup": Setup(dict(static or {}), data)} if self.setup is not None else {}
 
     def init_variables(self, config: Any, model: Any, batch: dict, key: jax.Array) -> dict:
         if self.init is not None:
@@ -69,6 +103,12 @@ class Experiment:
 
 def load_experiment(spec_or_path: str) -> Experiment:
     """Loads the experiment functions from ``experiments/<task>.py[:name]``."""
+    if not spec_or_path:
+        raise ConfigError("no experiment given: pass --config experiments/<task>.py:<name> (or "
+                          "set config.experiment to that spec).")
+    if hasattr(load_module(split_spec(spec_or_path)[0]), "aux"):
+        raise ConfigError(f"{spec_or_path}: the experiment hook 'aux' was replaced by 'setup' "
+                          "(returning jaxvision.experiment.Setup); see jaxvision/experiment.py.")
     module = load_module(split_spec(spec_or_path)[0])
     missing = [f for f in ("build_model", "loss", "evaluate") if not hasattr(module, f)]
     if missing:
@@ -78,4 +118,19 @@ def load_experiment(spec_or_path: str) -> Experiment:
                       evaluate=module.evaluate,
                       prepare=getattr(module, "prepare", default_prepare),
                       init=getattr(module, "init", None), report=getattr(module, "report", None),
-                      aux=getattr(module, "aux", None))
+                      predict=getattr(module, "predict", None), setup=getattr(module, "setup", None),
+                      spec=normalize_spec(spec_or_path))
+
+
+def resolve_experiment(config: Any, experiment: "Experiment | str | None" = None) -> Experiment:
+    """The experiment of a run: ``experiment`` when given (an ``Experiment`` or a spec), else the
+    spec recorded in ``config.experiment``. There is no default task: a config without one is an
+    error that says how to load it."""
+    if isinstance(experiment, Experiment):
+        return experiment
+    spec = experiment or str(config.get("experiment", "") or "")
+    if not spec:
+        raise ConfigError("config.experiment is not set, so the task is unknown: load configs with "
+                          "jaxvision.config.get_config('experiments/<task>.py:<name>') (which records "
+                          "it), or set config.experiment to such a spec.")
+    return load_experiment(spec)

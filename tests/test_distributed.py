@@ -33,6 +33,7 @@ from jaxvision.train.checkpoint import Checkpointer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "tests/train/tiny_experiment.py"
+RETRIEVAL = "tests/train/retrieval_experiment.py:retrieval"
 LAUNCHER = ROOT / "launch" / "multiprocess_local.sh"
 NUM_EVAL = 100  # examples in the tiny config's eval split (not a multiple of its eval batch, 32)
 
@@ -75,7 +76,7 @@ def tiny(*overrides):
 def _state(workdir: Path, step: int | None = None):
     run = loop.build(tiny(), load_experiment(TINY))
     ckpt = Checkpointer(Path(workdir) / "checkpoints", async_save=False)
-    return ckpt.restore(run.state.without_aux(), step=step).state
+    return ckpt.restore(run.state, step=step).state
 
 
 def _close(a, b, rtol=2e-4, atol=2e-5):
@@ -184,7 +185,7 @@ def reference(tmp_path_factory):
     (at6 / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= 6))
     eval6 = [r for r in records if r["split"] == "eval" and r["step"] == 6]
     assert len(eval6) == 1
-    return SimpleNamespace(at6=at6, eval6=eval6[0], results12=results12,
+    return SimpleNamespace(workdir=workdir, at6=at6, eval6=eval6[0], results12=results12,
                            state6=_state(at6, 6), state12=_state(workdir, 12))
 
 
@@ -240,6 +241,47 @@ def test_one_process_checkpoint_resumes_in_two_processes(tmp_path, reference, ca
     # One writer: process 0 appended steps 8..12 after the single process's 2..6, once each.
     records = loop.read_metrics(workdir)
     assert [x["step"] for x in records if x["split"] == "train"] == [2, 4, 6, 8, 10, 12]
+
+
+@needs_gloo
+@needs_bash51
+def test_two_processes_share_one_prediction_path_evaluators_ensembles_probes(
+        tmp_path, reference, cache_dir):
+    """Per-example outputs are gathered from both processes: the retrieval evaluator (from the
+    workdir alone), an ensemble and a probe give what one process gives."""
+    from jaxvision.tools import ensemble, probe
+    env = _env(cache_dir)
+    py = [sys.executable, "-m", "jaxvision"]
+    ret = tmp_path / "retrieval"
+    loop.train(get_config(RETRIEVAL), ret, progress=False)
+    want = loop.evaluate_checkpoint(get_config(RETRIEVAL), ret)
+    r = _launch(env, "--", *py, "eval", "--workdir", str(ret))
+    assert r.returncode == 0, r.stderr[-4000:]
+    got = _json_of(r.stdout)
+    assert _json_of(r.stdout, process=1) == got
+    for k in ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r",
+              "retrieval_queries", "macro_f1"):
+        assert got[k] == pytest.approx(want[k], abs=1e-9), k
+
+    members = [str(reference.workdir), str(reference.at6)]
+    want = ensemble.ensemble_from_specs(None, members)
+    r = _launch(env, "--", *py, "ensemble", "--workdir", members[0], "--workdir", members[1])
+    assert r.returncode == 0, r.stderr[-4000:]
+    got = _json_of(r.stdout)
+    assert got["num_examples"] == want["num_examples"] == NUM_EVAL
+    assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1.01 / NUM_EVAL)
+    assert got["nll"] == pytest.approx(want["nll"], rel=1e-4)
+
+    args = ["--max-examples", "64", "--max-iter", "30"]
+    want = probe.summary_json(probe.run_probe(tiny(), reference.workdir, max_examples=64,
+                                              max_iter=30, out_dir=tmp_path / "p1"))
+    r = _launch(env, "--", *py, "probe", "--workdir", str(reference.workdir), *args,
+                "--out", str(tmp_path / "p2"))
+    assert r.returncode == 0, r.stderr[-4000:]
+    got = _json_of(r.stdout)
+    assert list(got["eval_accuracy"]) == list(want["eval_accuracy"])
+    for layer, acc in want["eval_accuracy"].items():
+        assert got["eval_accuracy"][layer] == pytest.approx(acc, abs=2.01 / NUM_EVAL), layer
 
 
 def test_pmap_refuses_several_processes(monkeypatch):

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from jaxvision.data import transforms as T
+from jaxvision.data.pp import Compose, parse_pp
 from jaxvision.data.loader import Loader
 from jaxvision.data.source import Source, build_source
 
@@ -30,10 +31,10 @@ def train_stats(data: Any, max_examples: int = 1000) -> tuple[np.ndarray, np.nda
     return _STATS_CACHE[key]
 
 
-def make_transform(data: Any, pp: str) -> T.Compose:
+def make_transform(data: Any, pp: str) -> Compose:
     """Parses a pipeline string; a bare ``normalize`` uses the training split's statistics."""
     stats = train_stats(data) if "normalize" in pp else None
-    return T.parse_pp(pp, stats=stats)
+    return parse_pp(pp, stats=stats)
 
 
 def make_loader(data: Any, split: str, *, mode: str, global_batch: int, seed: int,

@@ -9,12 +9,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxvision.experiment import load_experiment
+from jaxvision.experiment import resolve_experiment
 from jaxvision.train.loop import build
 from jaxvision.train.step import make_train_step
 
 
-def model_and_input_shape(config: Any, spec: str) -> tuple[Any, tuple[int, ...]]:
+def model_and_input_shape(config: Any, spec: str | None = None) -> tuple[Any, tuple[int, ...]]:
     """The config's model and its per-example input shape (H, W, C).
 
     Both come from the eval split when the data is there; when it is not (a ``DataError``, e.g.
@@ -22,7 +22,7 @@ def model_and_input_shape(config: Any, spec: str) -> tuple[Any, tuple[int, ...]]
     ``data.num_classes``, so published models can be inspected without their data.
     """
     from jaxvision.data.source import DataError, SourceInfo, build_source
-    exp = load_experiment(spec)
+    exp = resolve_experiment(config, spec)
     try:
         source = build_source(config.data, config.data.eval_split)
     except DataError as e:
@@ -38,7 +38,7 @@ def model_and_input_shape(config: Any, spec: str) -> tuple[Any, tuple[int, ...]]
     return exp.build_model(config, source.info), tuple(np.shape(example["image"]))
 
 
-def summary(config: Any, spec: str) -> tuple[str, dict]:
+def summary(config: Any, spec: str | None = None) -> tuple[str, dict]:
     """Per-layer table of the config's model at its input shape; totals ``params`` and ``flops``."""
     from jaxvision.models.summary import format_table, summarize
     model, shape = model_and_input_shape(config, spec)
@@ -55,13 +55,17 @@ def _peak_memory_bytes() -> tuple[int, str]:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "host_max_rss"
 
 
-def bench(config: Any, spec: str, *, steps: int = 20) -> dict:
+def bench(config: Any, spec: str | None = None, *, steps: int = 20) -> dict:
     """Times the compiled train step on one real batch, repeated (data loading excluded)."""
-    exp = load_experiment(spec)
+    exp = resolve_experiment(config, spec)
     run = build(config, exp)
     strategy = run.strategy
-    step_fn = strategy.compile_train(make_train_step(exp, run.model, run.optimizer, config,
-                                                     strategy.axis_name))
+    train_step = strategy.compile_train(make_train_step(exp, run.model, run.optimizer, config,
+                                                        strategy.axis_name, run.setup.static))
+
+    def step_fn(state, batch):
+        return train_step(state, batch, run.setup_data)
+
     state = strategy.put_state(run.state)
     batch = strategy.put_batch(next(iter(run.train_loader)))
     t0 = time.perf_counter()

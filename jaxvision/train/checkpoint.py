@@ -428,7 +428,11 @@ class Checkpointer:
         # data_state and meta are needed to resume exactly, so damage to them disqualifies the
         # checkpoint; train_metrics are informational and are read separately below.
         json_names = [n for n in ("data_state", "meta") if n in present]
-        args = {STATE_ITEM: ocp.args.StandardRestore(abstract, fallback_sharding=_fallback_sharding())}
+        # Checkpoints written before TrainState lost its always-None 'aux' field still hold it.
+        legacy = isinstance(stored, Mapping) and set(stored) - set(_flat_top(abstract)) == {"aux"}
+        target = ({**{f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)},
+                   "aux": None} if legacy else abstract)
+        args = {STATE_ITEM: ocp.args.StandardRestore(target, fallback_sharding=_fallback_sharding())}
         args.update({n: ocp.args.JsonRestore() for n in json_names})
         restored = self._mngr.restore(step, args=ocp.args.Composite(**args))
         metrics = None
@@ -441,9 +445,12 @@ class Checkpointer:
                 CheckpointFallbackWarning,
                 stacklevel=4,
             )
+        state = restored[STATE_ITEM]
+        if legacy:
+            state = abstract.replace(**{k: v for k, v in state.items() if k != "aux"})
         return Restored(
             step=step,
-            state=restored[STATE_ITEM],
+            state=state,
             data_state=restored["data_state"] if "data_state" in json_names else None,
             meta=restored["meta"] if "meta" in json_names else None,
             metrics=metrics,
@@ -566,6 +573,13 @@ def _abstract_leaf(x: Any) -> Any:
         f"restore target leaf of type {type(x).__name__} is not supported; use arrays, "
         "jax.ShapeDtypeStruct (e.g. from jax.eval_shape) or python scalars"
     )
+
+
+def _flat_top(tree: PyTree) -> set[str]:
+    """The top-level field names of a state (a flax dataclass or a dict)."""
+    if isinstance(tree, Mapping):
+        return set(tree)
+    return {f.name for f in dataclasses.fields(tree)} if dataclasses.is_dataclass(tree) else set()
 
 
 def _key_str(entry: Any) -> str:

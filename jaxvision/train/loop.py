@@ -8,13 +8,15 @@ the compiled step, evaluates over the whole eval split, saves checkpoints, and l
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import functools
 import json
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -22,8 +24,11 @@ import numpy as np
 from jaxvision import config as config_lib
 from jaxvision import optim
 from jaxvision.data.pipeline import make_loader
-from jaxvision.data.source import SourceInfo, build_source
-from jaxvision.experiment import Experiment, load_experiment
+from jaxvision.config import ConfigError, split_spec
+from jaxvision.data.source import DataError, SourceInfo, build_source
+from jaxvision.evaluators import Evaluator, build_evaluators
+from jaxvision.evaluators import metric_names as evaluator_metric_names
+from jaxvision.experiment import Experiment, Setup, resolve_experiment
 from jaxvision.metrics import Accumulator
 from jaxvision.train import state as state_lib
 from jaxvision.train.checkpoint import Checkpointer
@@ -38,7 +43,7 @@ class TrainingError(RuntimeError):
 
 @dataclasses.dataclass
 class Run:
-    """Everything built from a config, shared by train, eval and bench."""
+    """Everything built from a config, shared by train, eval, bench and the tools."""
 
     config: Any
     exp: Experiment
@@ -48,19 +53,42 @@ class Run:
     optimizer: Any
     state: state_lib.TrainState          # on the host, unreplicated
     train_loader: Any
-    eval_loader: Any
+    evaluators: list[Evaluator]
+    eval_loaders: dict[str, Any]         # evaluator name -> its eval-mode loader
+    metric_names: list[dict[str, str]]   # per evaluator: its key -> the name it is logged under
+    setup: Setup                         # the experiment's, built once on the host
+    setup_data: Any = None               # setup.data placed on the devices (None when there is none)
+    _eval_steps: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def eval_loader(self) -> Any:
+        """The first evaluator's loader (the eval split of a single-evaluator run)."""
+        return self.eval_loaders[self.evaluators[0].name]
+
+    def eval_step(self, index: int) -> Any:
+        """The compiled eval step of evaluator ``index`` (compiled on first use)."""
+        if index not in self._eval_steps:
+            ev = self.evaluators[index]
+            fn = ev.device_fn(self.exp, self.model, self.config, self.setup.static)
+            self._eval_steps[index] = self.strategy.compile_eval(
+                make_eval_step(fn, ev.kind, self.strategy.axis_name), ev.kind)
+        return self._eval_steps[index]
+
+    def logged_names(self) -> list[str]:
+        return [n for names in self.metric_names for n in names.values()]
 
 
 def build(config: Any, exp: Experiment, sources: tuple[Any, Any] | None = None, *,
-          aux: bool = False, abstract: bool = False) -> Run:
-    """Builds data, model, optimizer and a fresh state (nothing compiled, nothing restored).
+          abstract: bool = False) -> Run:
+    """Builds data, model, optimizer, evaluators, the experiment's setup and a fresh state
+    (nothing compiled, nothing restored).
 
-    ``state.aux`` stays None unless ``aux`` (then as ``with_aux``), so by default ``run.state``
-    is the restore target of any checkpoint. With ``abstract`` the state holds only shapes and
-    dtypes (``jax.ShapeDtypeStruct``), a restore target that costs no compilation (no aux).
+    With ``abstract`` the state holds only shapes and dtypes (``jax.ShapeDtypeStruct``), a
+    restore target that costs no compilation.
 
-    ``sources`` = (train, eval) sources replaces the ones ``config.data`` names (e.g. the folds
-    of ``jaxvision.crossval``); transforms and loading still follow ``config.data``.
+    ``sources`` = (train, eval) sources replaces the training split and the split of every
+    evaluator reading ``data.eval_split`` (e.g. the folds of ``crossval``); transforms and
+    loading still follow ``config.data``.
     """
     n = int(config.parallel.get("num_devices", 0))
     if n and jax.process_count() > 1:
@@ -75,49 +103,112 @@ def build(config: Any, exp: Experiment, sources: tuple[Any, Any] | None = None, 
         raise TrainingError(f"parallel.num_devices={n} but only {jax.device_count()} devices exist.")
     strategy = Strategy(str(config.parallel.strategy), jax.devices()[:n] if n else None)
     strategy.check_batch(int(config.train.batch_size))
-    strategy.check_batch(int(config.train.eval_batch_size))
+    evaluators = build_evaluators(config)
+    for ev in evaluators:
+        try:
+            strategy.check_batch(ev.batch_size)
+        except DataError as e:
+            raise DataError(f"evals.{ev.name} batch size: {e}") from None
     data = config.data
-    train_source, eval_source = sources if sources is not None else (
-        build_source(data, data.train_split), build_source(data, data.eval_split))
+    train_source = sources[0] if sources is not None else build_source(data, data.train_split)
+    split_sources = {str(data.eval_split): sources[1]} if sources is not None else {}
     train_loader = make_loader(data, data.train_split, mode="train", source=train_source,
                                global_batch=int(config.train.batch_size), seed=int(config.seed))
-    eval_loader = make_loader(data, data.eval_split, mode="eval", source=eval_source,
-                              global_batch=int(config.train.eval_batch_size), seed=int(config.seed))
+    eval_loaders = {}
+    for ev in evaluators:
+        if ev.split not in split_sources:
+            split_sources[ev.split] = build_source(data, ev.split)
+        eval_loaders[ev.name] = make_loader(data, ev.split, mode="eval",
+                                            source=split_sources[ev.split],
+                                            global_batch=ev.batch_size, seed=int(config.seed))
     model = exp.build_model(config, train_source.info, axis_name=strategy.axis_name)
     optimizer = optim.make_optimizer(config.optim, int(config.train.steps))
-    sample = next(iter(eval_loader))
+    setup = exp.build_setup(config, train_source.info)
+    sample = next(iter(eval_loaders[evaluators[0].name]))
     sample = {k: v[:1] for k, v in sample.items()}
     key = jax.random.key(int(config.seed))
     init_key, state_key = jax.random.split(key)
     ema = float(config.optim.get("ema_decay", 0.0)) > 0
+    abstract_state = jax.eval_shape(lambda s, k1, k2: state_lib.create(
+        exp.init_variables(config, model, s, k1), optimizer, k2, ema), sample, init_key, state_key)
+    names = _metric_names(config, exp, model, evaluators, eval_loaders, abstract_state, setup)
+    run = Run(config, exp, strategy, train_source.info, model, optimizer, abstract_state,
+              train_loader, evaluators, eval_loaders, names, setup)
+    run.setup_data = strategy.put_state(setup.data) if setup.data is not None else None
     if abstract:
-        state = jax.eval_shape(lambda s, k1, k2: state_lib.create(
-            exp.init_variables(config, model, s, k1), optimizer, k2, ema), sample, init_key,
-            state_key)
-        return Run(config, exp, strategy, train_source.info, model, optimizer, state,
-                   train_loader, eval_loader)
+        return run
     init = jax.jit(functools.partial(exp.init_variables, config, model))
     variables = jax.device_get(init(sample, init_key))
-    state = state_lib.create(variables, optimizer, state_key, ema)
-    run = Run(config, exp, strategy, train_source.info, model, optimizer, state,
-              train_loader, eval_loader)
-    return with_aux(run) if aux else run
-
-
-def with_aux(run: Run) -> Run:
-    """Fills ``run.state.aux`` from the experiment's ``aux`` hook (e.g. a distillation teacher),
-    for training; returns ``run``. Evaluation needs no aux, and checkpoints never hold it."""
-    if run.exp.aux is not None:
-        run.state = run.state.replace(aux=run.exp.aux(run.config, run.info))
+    run.state = state_lib.create(variables, optimizer, state_key, ema)
     return run
 
 
-def evaluate(run: Run, device_state: Any, eval_step: Any) -> dict:
-    """Metrics over the whole eval split: every example once, padding masked, sums exact."""
-    acc = Accumulator()
-    for batch in run.eval_loader:
-        acc.add(run.strategy.unreplicate(eval_step(device_state, run.strategy.put_batch(batch))))
-    return acc.result()
+def _metric_names(config: Any, exp: Experiment, model: Any, evaluators: list[Evaluator],
+                  loaders: dict, state: Any, setup: Setup) -> list[dict[str, str]]:
+    """Traces every evaluator once (no compile) for its metric keys, resolves name clashes, and
+    checks ``train.best_metric`` against the result."""
+    keys = []
+    for ev in evaluators:
+        batch = next(iter(loaders[ev.name]))
+        batch = {k: v[:1] for k, v in batch.items()}
+        fn = ev.device_fn(exp, model, config, setup.static)
+        shapes = jax.eval_shape(lambda st, b, d: fn(st.eval_variables(), b, d), state, batch,
+                                setup.data)
+        keys.append(ev.metric_names(shapes))
+    names = evaluator_metric_names(keys, [ev.name for ev in evaluators])
+    best = str(config.train.best_metric or "")
+    logged = [n for m in names for n in m.values()]
+    if best and best not in logged:
+        close = difflib.get_close_matches(best, logged, n=3)
+        raise ConfigError(f"train.best_metric={best!r} is not a metric of this run's evaluators; "
+                          f"they log: {', '.join(logged)}."
+                          + (f" Did you mean {close[0]!r}?" if close else "")
+                          + " Set --config.train.best_metric to one of them ('' = none).")
+    return names
+
+
+def _outputs(run: Run, step: Any, device_state: Any, loader: Any, kind: str) -> Iterator[dict]:
+    """Per batch of ``loader``: the eval step's outputs on the host (sums as one copy;
+    per-example outputs gathered from every process with the padded examples dropped)."""
+    strategy = run.strategy
+    for batch in loader:
+        out = step(device_state, strategy.put_batch(batch), run.setup_data)
+        if kind == "sums":
+            yield jax.device_get(strategy.unreplicate(out))
+        else:
+            host = strategy.gather(out)
+            keep = host.pop("valid").astype(bool)
+            yield jax.tree.map(lambda v: v[keep], host)
+
+
+def evaluate(run: Run, device_state: Any, which: Sequence[int] | None = None) -> dict:
+    """Runs the evaluators (all, or those at the indices ``which``) over their whole splits:
+    every example once, padding dropped. Returns their metrics by their logged names."""
+    results: dict = {}
+    for i, ev in enumerate(run.evaluators):
+        if which is not None and i not in which:
+            continue
+        ev.reset()
+        for out in _outputs(run, run.eval_step(i), device_state, run.eval_loaders[ev.name], ev.kind):
+            ev.update(out)
+        names = run.metric_names[i]
+        for key, value in ev.compute().items():
+            results[names.get(key, key)] = value
+    return results
+
+
+def predict(run: Run, device_state: Any, fn: Callable, loader: Any) -> dict[str, np.ndarray]:
+    """Every example of ``loader`` (an eval-mode loader) through ``fn(variables, batch,
+    setup_data) -> {name: (N, ...)}`` on the run's device mesh, as evaluators see it: returns
+    ``{name: (num_examples, ...)}`` numpy arrays in the loader's order (padding dropped), on
+    every process. For tools (ensemble, probe) that need the raw per-example outputs."""
+    def with_valid(variables, batch, setup_data):
+        return {**fn(variables, batch, setup_data), "valid": batch["valid"]}
+
+    step = run.strategy.compile_eval(make_eval_step(with_valid, "gather", run.strategy.axis_name),
+                                     "gather")
+    chunks = list(_outputs(run, step, device_state, loader, "gather"))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *chunks)
 
 
 class _Preemption:
@@ -160,7 +251,8 @@ class _Preemption:
 def _check_resume_config(config: Any, meta: dict | None, force: bool) -> None:
     if not meta or "config" not in meta:
         return
-    old, new = dict(meta["config"]), config_lib.to_dict(config)
+    new = config_lib.to_dict(config)
+    old = config_lib.migrate(dict(meta["config"]), new)
     old.get("train", {}).pop("steps", None)
     new.get("train", {}).pop("steps", None)
     lines = config_lib.diff(old, new)
@@ -171,14 +263,12 @@ def _check_resume_config(config: Any, meta: dict | None, force: bool) -> None:
 
 
 def _restore(run: Run, ckpt: Checkpointer, which: str | int | None = None):
-    # aux is not checkpointed: restore without it, then put the freshly built one back.
-    restored = ckpt.restore(run.state.without_aux(), step=which)
-    state = restored.state
+    restored = ckpt.restore(run.state, step=which)
     if jax.process_count() > 1:
         # On the host, as a fresh state is: restored arrays sit on this process's devices, and
         # placing them on the global mesh would be a cross-host transfer (unsupported on CPU).
-        state = jax.device_get(state)
-    return dataclasses.replace(restored, state=state.replace(aux=run.state.aux))
+        return dataclasses.replace(restored, state=jax.device_get(restored.state))
+    return restored
 
 
 def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | None = None,
@@ -194,9 +284,15 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
     ``build``.
     """
     workdir = Path(workdir)
-    exp = experiment if isinstance(experiment, Experiment) else load_experiment(
-        experiment or config.get("experiment", "experiments/classification.py"))
-    run = with_aux(build(config, exp, sources))
+    exp = resolve_experiment(config, experiment)
+    recorded = str(config.get("experiment") or "")
+    if split_spec(recorded)[0] != split_spec(exp.spec)[0]:
+        # The workdir must say which task it holds: the experiment that trains it, also when a
+        # config built in Python names none or another one.
+        config = copy.deepcopy(config)
+        with config.unlocked():
+            config.experiment = f"{split_spec(exp.spec)[0]}:{split_spec(recorded or exp.spec)[1]}"
+    run = build(config, exp, sources)
     is_main = jax.process_index() == 0
     tc = config.train
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=int(tc.keep_checkpoints),
@@ -228,8 +324,8 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
         writer.message(transfer_note)
     strategy = run.strategy
     train_step = strategy.compile_train(
-        make_train_step(exp, run.model, run.optimizer, config, strategy.axis_name))
-    eval_step = strategy.compile_eval(make_eval_step(exp, run.model, config, strategy.axis_name))
+        make_train_step(exp, run.model, run.optimizer, config, strategy.axis_name,
+                        run.setup.static))
     device_state = strategy.put_state(host_state)
     it = run.train_loader.iterator(data_state)
     pending: list = []
@@ -258,7 +354,7 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
         scalars = {k: float(v) for k, v in (metrics or {}).items() if np.ndim(v) == 0}
         if not tc.best_metric or tc.best_metric not in scalars:
             scalars = None  # a checkpoint without eval metrics never competes for 'best'
-        ckpt.save(step, strategy.unreplicate(device_state.without_aux()), data_state=it.get_state(),
+        ckpt.save(step, strategy.unreplicate(device_state), data_state=it.get_state(),
                   meta=meta, metrics=scalars, force=force_save)
 
     def flush_train(step: int) -> None:
@@ -279,17 +375,19 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
         try:
             while step < total:
                 batch = strategy.put_batch(next(it))
-                device_state, metrics = train_step(device_state, batch)
+                device_state, metrics = train_step(device_state, batch, run.setup_data)
                 pending.append(metrics)
                 step += 1
                 writer.advance(1)
                 if step % int(tc.log_every) == 0 or step == total:
                     check_finite()
                     flush_train(step)
-                do_eval = int(tc.eval_every) > 0 and step % int(tc.eval_every) == 0 and step < total
+                due = [i for i, ev in enumerate(run.evaluators)
+                       if ev.every > 0 and step % ev.every == 0 and step < total]
+                do_eval = bool(due)
                 if do_eval:
                     check_finite()
-                    results = evaluate(run, device_state, eval_step)
+                    results = evaluate(run, device_state, due)
                     writer.write(step, "eval", results)
                     if tc.best_metric and tc.best_metric in results:
                         value = sign * results[tc.best_metric]
@@ -320,7 +418,7 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
                 restored = _restore(run, ckpt, "best")
                 device_state = strategy.put_state(restored.state)
                 writer.message(f"restored the best parameters (step {restored.step})")
-            results = evaluate(run, device_state, eval_step)
+            results = evaluate(run, device_state)
             writer.write(step, "eval", results)
             save(step, results, force_save=True)
             ckpt.wait()
@@ -347,22 +445,34 @@ def finish(run: Run, workdir: Path, results: dict) -> None:
         run.exp.report(run.config, workdir, results, run.info)
 
 
-def evaluate_checkpoint(config: Any, workdir: str | Path, *, checkpoint: str = "latest",
-                        experiment: Experiment | str | None = None) -> dict:
-    """Restores ``checkpoint`` ('latest', 'best' or a step) from ``workdir`` and evaluates it."""
-    exp = experiment if isinstance(experiment, Experiment) else load_experiment(
-        experiment or config.get("experiment", "experiments/classification.py"))
-    run = build(config, exp)
-    ckpt = Checkpointer(Path(workdir) / "checkpoints", async_save=False,
+def restore_checkpoints(run: Run, workdir: str | Path, checkpoints: Sequence[Any]) -> list:
+    """Restores each of ``checkpoints`` ('latest' or None, 'best', a step) of the run in
+    ``workdir`` into ``run.state``'s structure; returns the ``Restored`` records in order."""
+    config = run.config
+    ckpt = Checkpointer(Path(workdir) / "checkpoints", async_save=False, max_to_keep=None,
                         best_metric=str(config.train.best_metric) or None,
                         best_mode=str(config.train.best_mode))
-    if ckpt.latest_step() is None:
-        raise TrainingError(f"no checkpoint in {Path(workdir) / 'checkpoints'}; train first with "
-                            "`python -m jaxvision train --config ... --workdir ...`.")
-    which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
-    restored = _restore(run, ckpt, which)
-    ckpt.close()
-    eval_step = run.strategy.compile_eval(make_eval_step(exp, run.model, config, run.strategy.axis_name))
-    results = evaluate(run, run.strategy.put_state(restored.state), eval_step)
+    try:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}; train "
+                                    "first with `python -m jaxvision train --config ... "
+                                    "--workdir ...`.")
+        out = []
+        for which in checkpoints:
+            which = None if which in (None, "latest") else which
+            which = int(which) if isinstance(which, str) and which.isdigit() else which
+            out.append(_restore(run, ckpt, which))
+        return out
+    finally:
+        ckpt.close()
+
+
+def evaluate_checkpoint(config: Any, workdir: str | Path, *, checkpoint: str = "latest",
+                        experiment: Experiment | str | None = None) -> dict:
+    """Restores ``checkpoint`` ('latest', 'best' or a step) from ``workdir`` and runs every
+    evaluator of ``config`` on it; returns their metrics and ``step``."""
+    run = build(config, resolve_experiment(config, experiment), abstract=True)
+    (restored,) = restore_checkpoints(run, workdir, [checkpoint])
+    results = evaluate(run, run.strategy.put_state(restored.state))
     results["step"] = int(restored.step)
     return results

@@ -65,6 +65,16 @@ class Strategy:
             out[key] = jax.device_put(value.reshape((n, -1) + value.shape[1:]), self._replicas)
         return out
 
+    def gather(self, tree: Any) -> Any:
+        """Per-example outputs of an eval step (leading axis = the global batch, sharded along
+        ``data``) as numpy arrays on every process, in global batch order (process by process)."""
+        if self.name == "pmap":
+            return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), tree)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+        return jax.tree.map(np.asarray, tree)
+
     def unreplicate(self, tree: Any) -> Any:
         """The state (or metrics) as one copy: for checkpoints and host reads."""
         if self.name == "jit":
@@ -72,14 +82,18 @@ class Strategy:
         return jax.tree.map(lambda x: x[0], tree)
 
     def compile_train(self, step: Callable) -> Callable:
+        """``step(state, batch, setup_data) -> (state, metrics)``; the state is donated."""
         if self.name == "jit":
             rep, data = replicated(self.mesh), data_sharding(self.mesh)
-            return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep),
+            return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
                            donate_argnums=(0,))
         return jax.pmap(step, axis_name=PMAP_AXIS, donate_argnums=(0,))
 
-    def compile_eval(self, step: Callable) -> Callable:
+    def compile_eval(self, step: Callable, kind: str = "sums") -> Callable:
+        """``step(state, batch, setup_data) -> outputs``: reduced sums (``kind='sums'``,
+        replicated) or per-example arrays (``'gather'``, sharded along ``data``)."""
         if self.name == "jit":
             rep, data = replicated(self.mesh), data_sharding(self.mesh)
-            return jax.jit(step, in_shardings=(rep, data), out_shardings=rep)
+            out = rep if kind == "sums" else data
+            return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=out)
         return jax.pmap(step, axis_name=PMAP_AXIS)

@@ -14,13 +14,8 @@ class TrainState:
     """step (int32 scalar), params, model_state (e.g. {'batch_stats': ...}), opt_state,
     rng (uint32 key data, so it checkpoints as a plain array), ema_params (a copy of params when
     Polyak averaging is on, else None), bad_step (the first step whose loss or gradient was
-    not finite, -1 while all were) and aux.
-
-    ``aux`` is frozen data the loss reads (e.g. a distillation teacher's variables, from the
-    experiment's ``aux`` hook), None when unused. It enters the compiled step as an argument
-    (placed on the devices like the rest of the state), never as a constant baked into the
-    program; it is not optimized, and it is NOT checkpointed (``without_aux``): the hook rebuilds
-    it from its source on every start and resume, so checkpoints do not carry a copy of it."""
+    not finite, -1 while all were). Frozen data the loss reads (a distillation teacher) is not
+    part of the state: it is the experiment's ``Setup.data``, an argument of the steps."""
 
     step: jax.Array
     params: Any
@@ -29,15 +24,10 @@ class TrainState:
     rng: jax.Array
     ema_params: Any = None
     bad_step: jax.Array = None  # type: ignore[assignment]
-    aux: Any = None
 
     @property
     def variables(self) -> dict:
         return {"params": self.params, **self.model_state}
-
-    def without_aux(self) -> "TrainState":
-        """The state as checkpoints hold it (and as a restore target): ``aux`` dropped."""
-        return self.replace(aux=None)
 
     def eval_variables(self) -> dict:
         """Variables for evaluation: the EMA parameters when they are tracked."""

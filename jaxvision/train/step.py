@@ -24,22 +24,23 @@ def _keep_if(ok: jax.Array, new: Any, old: Any) -> Any:
 
 
 def make_train_step(exp: Experiment, model: Any, optimizer: optax.GradientTransformation,
-                    config: Any, axis_name: str | None = None) -> Callable:
-    """Returns ``train_step(state, batch) -> (state, metrics)``.
+                    config: Any, axis_name: str | None = None, static: Any = None) -> Callable:
+    """Returns ``train_step(state, batch, setup_data) -> (state, metrics)``.
+
+    ``static`` and ``setup_data`` are the experiment's ``Setup`` (closed over and traced).
 
     A step whose loss or gradient is not finite leaves params, optimizer and model state as they
     were and records its number in ``state.bad_step``; the loop stops on it at the next log.
     """
     ema_decay = float(config.optim.get("ema_decay", 0.0))
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: dict, setup_data: Any = None
+                   ) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
         local_batch = jax.tree.leaves(batch)[0].shape[0]
-
-        # Frozen data for the loss (a teacher's variables) is passed only when there is some, so
-        # experiments without an ``aux`` hook keep the plain loss signature.
-        extra = {"aux": state.aux} if state.aux is not None else {}
+        # Experiments without a setup hook keep the plain loss signature.
+        extra = exp.setup_kwargs(static, setup_data)
 
         def objective(params):
             with replica_context(local_batch, axis_name):
@@ -76,14 +77,16 @@ def make_train_step(exp: Experiment, model: Any, optimizer: optax.GradientTransf
     return train_step
 
 
-def make_eval_step(exp: Experiment, model: Any, config: Any, axis_name: str | None = None
-                   ) -> Callable:
-    """Returns ``eval_step(state, batch) -> metrics`` (sums over the batch's valid examples)."""
+def make_eval_step(fn: Callable, kind: str, axis_name: str | None = None) -> Callable:
+    """Returns ``eval_step(state, batch, setup_data) -> outputs`` for an evaluator's device
+    function ``fn(variables, batch, setup_data)`` (``jaxvision.evaluators``), run on the state's
+    evaluation variables (EMA when tracked). Sums are reduced over the pmap axis; per-example
+    outputs stay per device."""
 
-    def eval_step(state: TrainState, batch: dict) -> dict:
-        metrics = exp.evaluate(config, model, state.eval_variables(), batch)
-        if axis_name is not None:
-            metrics = jax.lax.psum(metrics, axis_name)
-        return metrics
+    def eval_step(state: TrainState, batch: dict, setup_data: Any = None) -> dict:
+        outputs = fn(state.eval_variables(), batch, setup_data)
+        if axis_name is not None and kind == "sums":
+            outputs = jax.lax.psum(outputs, axis_name)
+        return outputs
 
     return eval_step

@@ -23,7 +23,6 @@ fine-tuning at a smaller rate is ``optim.lr_multipliers=('^stage=0.1',)``.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -32,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxvision.config import ConfigError, apply_override, get_config
+from jaxvision.config import ConfigError, saved_config, workdir_config
 from jaxvision.train.checkpoint import Checkpointer
 from jaxvision.train.state import TrainState
 
@@ -69,14 +68,6 @@ def _checkpoint_arg(checkpoint: Any) -> int | str | None:
         return "best"
     raise ConfigError(f"checkpoint {checkpoint!r} must be None or 'latest', 'best' or a step "
                       "number.")
-
-
-def saved_config(workdir: str | Path) -> dict | None:
-    """Returns the config a run saved in ``workdir`` (``config.json``) as a dict, None if absent."""
-    path = Path(workdir) / "config.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
 
 
 def open_run(workdir: str | Path, *, what: str = "workdir") -> Checkpointer:
@@ -207,44 +198,8 @@ def transfer_state(tc: ml_collections.ConfigDict, state: TrainState, optimizer: 
                  f"(step {step}); the others keep their fresh initialization")
 
 
-def _tupled(value: Any) -> Any:
-    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
-
-
-def _overlay(config: ml_collections.ConfigDict, saved: dict, prefix: str = "") -> None:
-    """Sets every key of ``saved`` in ``config`` (JSON lists back to tuples), recursively."""
-    for key, value in saved.items():
-        old = config.get(key)
-        if isinstance(value, dict):
-            if isinstance(old, ml_collections.ConfigDict):
-                _overlay(old, value, f"{prefix}{key}.")
-                continue
-            value = ml_collections.ConfigDict(value)
-        elif isinstance(value, list) and not isinstance(old, list):
-            value = _tupled(value)
-        elif isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        try:
-            config[key] = value
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"the saved config's {prefix}{key}={value!r} does not fit the "
-                              f"config's {prefix}{key}={old!r}: {e}") from None
-
-
-def run_config(spec: str, workdir: str | Path, overrides: Iterable[str] = ()
+def run_config(spec: str | None, workdir: str | Path, overrides: Iterable[str] = ()
                ) -> ml_collections.ConfigDict:
-    """The config a finished run used: ``spec``'s config, then everything the run saved in
-    ``workdir/config.json`` (its overrides included), then ``overrides``.
-
-    So a run trained with ``--config.model.widths=(4, 8)`` is rebuilt with that model from the
-    plain spec. Raises FileNotFoundError when ``workdir`` holds no ``config.json``.
-    """
-    saved = saved_config(workdir)
-    if saved is None:
-        raise FileNotFoundError(f"{Path(workdir) / 'config.json'} not found: {str(workdir)!r} is "
-                                "not the workdir of a jaxvision run.")
-    config = get_config(spec)
-    _overlay(config, saved)
-    for override in overrides:
-        apply_override(config, override)
-    return config
+    """The config a finished run used (``jaxvision.config.workdir_config``); ``spec`` when given
+    names the experiment config to start from, else the one the run recorded."""
+    return workdir_config(workdir, spec, overrides)

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxvision.data import transforms as T
+from jaxvision.data.pp import parse_pp
 from jaxvision.data.example import IGNORE_LABEL, INVALID_DISPARITY, validate_example
 from jaxvision.ops import boxes as B
 
@@ -80,7 +81,7 @@ def check_stereo_geometry(ex):
 
 
 def apply(pp, ex, seed=0, stats=None):
-    return T.parse_pp(pp, stats=stats)(ex, np.random.default_rng(seed))
+    return parse_pp(pp, stats=stats)(ex, np.random.default_rng(seed))
 
 
 def assert_boxes_tight(ex):
@@ -263,7 +264,7 @@ def test_stereo_flip_is_refused_without_disparity_right():
 
 
 def test_same_seed_same_output_and_different_seeds_differ():
-    pp = T.parse_pp("random_resized_crop(16)|flip_lr|color_jitter(0.4, 0.4, 0.4, 0.1)|cutout(4)")
+    pp = parse_pp("random_resized_crop(16)|flip_lr|color_jitter(0.4, 0.4, 0.4, 0.1)|cutout(4)")
     ex = mono_example(seed=8)
     outs = [pp(ex, np.random.default_rng([0, 1, s])) for s in (5, 5, 6)]
     for key in ex:
@@ -375,9 +376,9 @@ def test_compute_mean_std_matches_numpy():
 def test_parse_pp_round_trip_and_identity():
     spec = ("resize((32, 30))| random_crop(28, pad=4) |flip_lr|color_jitter(0.4, 0.4)|cutout(8, fill=(1, 2, 3))"
             "|random_resized_crop(20, scale=[0.5, 1.0])|center_crop(size=18)|normalize")
-    pp = T.parse_pp(spec, stats=([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]))
+    pp = parse_pp(spec, stats=([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]))
     assert len(pp) == 8
-    again = T.parse_pp(pp.spec())
+    again = parse_pp(pp.spec())
     assert again.spec() == pp.spec() and len(again) == 8
     ex = mono_example(seed=14)
     a, b = pp(ex, np.random.default_rng(3)), again(ex, np.random.default_rng(3))
@@ -385,8 +386,8 @@ def test_parse_pp_round_trip_and_identity():
         np.testing.assert_array_equal(a[key], b[key])
     assert a["image"].shape == (18, 18, 3) and a["image"].dtype == np.float32
     for empty in ("", "  ", "|"):
-        out = T.parse_pp(empty)(ex, np.random.default_rng(0))
-        assert len(T.parse_pp(empty)) == 0 and out is not ex
+        out = parse_pp(empty)(ex, np.random.default_rng(0))
+        assert len(parse_pp(empty)) == 0 and out is not ex
         for key in ex:
             np.testing.assert_array_equal(out[key], ex[key])
 
@@ -406,4 +407,4 @@ def test_parse_pp_round_trip_and_identity():
 ])
 def test_parse_pp_errors_are_clear(spec, match):
     with pytest.raises(ValueError, match=match):
-        T.parse_pp(spec)
+        parse_pp(spec)

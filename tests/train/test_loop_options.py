@@ -1,6 +1,5 @@
 """Loop options: early stopping, EMA evaluation, mixed precision, corrupt-checkpoint fallback."""
 
-import shutil
 from pathlib import Path
 
 import jax
@@ -60,9 +59,7 @@ def test_ema_parameters_are_tracked_and_used_for_eval(tmp_path, exp):
     assert max(diffs) > 0                                   # EMA lags the parameters
     assert state.eval_variables()["params"] is state.ema_params
     run = loop.build(config, exp)
-    from jaxvision.train.step import make_eval_step
-    step = run.strategy.compile_eval(make_eval_step(exp, run.model, config))
-    again = loop.evaluate(run, run.strategy.put_state(state), step)
+    again = loop.evaluate(run, run.strategy.put_state(state))
     assert again["accuracy"] == results["accuracy"]
 
 
@@ -78,7 +75,7 @@ def test_mixed_precision_keeps_float32_params_and_optimizer_state():
     step = run.strategy.compile_train(make_train_step(exp, run.model, run.optimizer, config))
     state = run.strategy.put_state(run.state)
     batch = run.strategy.put_batch(next(iter(run.train_loader)))
-    state, metrics = step(state, batch)
+    state, metrics = step(state, batch, None)
     for leaf in jax.tree.leaves((state.params, state.opt_state)):
         if jnp.issubdtype(leaf.dtype, jnp.floating):
             assert leaf.dtype == jnp.float32

@@ -263,25 +263,27 @@ def test_distillation_run_lowers_the_soft_loss_and_does_not_checkpoint_the_teach
 
 def test_teacher_variables_are_step_inputs_and_pmap_matches_jit(exp, source):
     config = student(source[0])
-    run = loop.with_aux(loop.build(config, exp))
-    assert set(run.state.aux) == {"teacher"}
+    run = loop.build(config, exp)
+    assert set(run.setup.data) == {"teacher"} and "teacher" in run.setup.static
     host = jax.device_get(run.state)  # steps donate their input state: start from host copies
+    teacher = jax.device_get(run.setup.data)
     batch = next(iter(run.train_loader))
     jit = run.strategy
-    step = jit.compile_train(make_train_step(exp, run.model, run.optimizer, config))
-    new, m1 = step(jit.put_state(host), jit.put_batch(batch))
+    step = jit.compile_train(make_train_step(exp, run.model, run.optimizer, config, None,
+                                             run.setup.static))
+    new, m1 = step(jit.put_state(host), jit.put_batch(batch), jit.put_state(teacher))
     # The same compiled program with another teacher: another soft loss, no retrace.
-    louder = jax.tree.map(np.copy, host.aux)
+    louder = jax.tree.map(np.copy, teacher)
     louder["teacher"]["params"]["head"]["kernel"] *= 3
-    _, m2 = step(jit.put_state(host.replace(aux=louder)), jit.put_batch(batch))
+    _, m2 = step(jit.put_state(host), jit.put_batch(batch), jit.put_state(louder))
     assert step._cache_size() == 1
     assert float(m1["distill_loss"][0]) != pytest.approx(float(m2["distill_loss"][0]), rel=1e-3)
     assert float(m1["loss"][0]) == float(m2["loss"][0])  # the hard loss does not see the teacher
-    # pmap: aux is replicated with the state; two devices give the jit step's result.
+    # pmap: the teacher is replicated like the state; two devices give the jit step's result.
     pmap = Strategy("pmap", jax.devices()[:2])
     pstep = pmap.compile_train(make_train_step(exp, run.model, run.optimizer, config,
-                                               pmap.axis_name))
-    pnew, pm = pstep(pmap.put_state(host), pmap.put_batch(batch))
+                                               pmap.axis_name, run.setup.static))
+    pnew, pm = pstep(pmap.put_state(host), pmap.put_batch(batch), pmap.put_state(teacher))
     pnew, pm = pmap.unreplicate(pnew), pmap.unreplicate(pm)
     for x, y in zip(jax.tree.leaves(new.params), jax.tree.leaves(pnew.params)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-4, atol=2e-6)

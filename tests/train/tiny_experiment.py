@@ -12,6 +12,7 @@ from jaxvision.models.layers import Dropout
 _classification = load_module("experiments/classification.py")
 loss = _classification.loss
 evaluate = _classification.evaluate
+predict = _classification.predict
 report = _classification.report
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from jaxvision import ensemble, optim
+from jaxvision import optim
+from jaxvision.tools import ensemble
 from jaxvision.__main__ import main
 from jaxvision.config import get_config
 from jaxvision.experiment import load_experiment

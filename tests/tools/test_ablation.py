@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxvision import ablation
+from jaxvision.tools import ablation
 from jaxvision.__main__ import main
 from jaxvision.config import ConfigError, get_config
 

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import ml_collections
 
-from jaxvision.ablation import ablation_config
+from jaxvision.tools.ablation import ablation_config
 from jaxvision.config import load_module
 
-_HERE = Path(__file__).resolve().parent
+_HERE = Path(__file__).resolve().parents[1]
 _tiny = load_module(_HERE / "train" / "tiny_experiment.py")
 _classification = load_module(_HERE.parent / "experiments" / "classification.py")
 loss = _tiny.loss
 evaluate = _tiny.evaluate
+predict = _tiny.predict
 
 
 def build_model(config, info, *, axis_name=None):

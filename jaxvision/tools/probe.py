@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvision.data.source import DataError, Source, build_source
-from jaxvision.experiment import Experiment, load_experiment
+from jaxvision.experiment import Experiment, resolve_experiment
+from jaxvision.models.knn import knn_predict
 
 
 def pool_features(x: jax.Array) -> jax.Array:
@@ -86,38 +87,48 @@ def subset_indices(n: int, max_examples: int, seed: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(seed).choice(n, size=max_examples, replace=False))
 
 
-def feature_fn(model: Any, prepare: Callable[[Any], jax.Array] | None = None
-               ) -> Callable[[dict, Any], dict[str, jax.Array]]:
-    """Compiled ``(variables, inputs) -> {layer: (N, C) float32}``, in the model's layer order.
+def tap_fn(model: Any, prepare: Callable[[Any], jax.Array] | None = None
+           ) -> tuple[Callable[[dict, Any], dict[str, jax.Array]], list[str]]:
+    """Traced ``fn(variables, inputs) -> {layer: (N, C) float32}`` and the list that receives the
+    model's layer order when ``fn`` is traced (compiled functions return dicts sorted by key).
 
     ``prepare`` maps ``inputs`` (e.g. a batch dict) to the model's input first.
     """
     order: list[str] = []
 
-    def traced(variables, inputs):
-        feats = layer_features(model, variables, prepare(inputs) if prepare else inputs)
-        order[:] = list(feats)   # jit returns dicts sorted by key; remember the call order
-        return feats
-
-    jitted = jax.jit(traced)
-
     def fn(variables, inputs):
+        feats = layer_features(model, variables, prepare(inputs) if prepare else inputs)
+        order[:] = list(feats)
+        return feats
+    return fn, order
+
+
+def feature_fn(model: Any, prepare: Callable[[Any], jax.Array] | None = None
+               ) -> Callable[[dict, Any], dict[str, jax.Array]]:
+    """Compiled ``(variables, inputs) -> {layer: (N, C) float32}``, in the model's layer order,
+    on the default device (for interactive use; ``run_probe`` goes through the core)."""
+    fn, order = tap_fn(model, prepare)
+    jitted = jax.jit(fn)
+
+    def ordered(variables, inputs):
         out = jitted(variables, inputs)
         return {k: out[k] for k in order}
-    return fn
+    return ordered
 
 
-def extract(config: Any, exp: Experiment, model: Any, variables: dict, source: Source, *,
-            batch_size: int, max_examples: int = 5000, layers: Sequence[str] | None = None,
-            fn: Any = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Runs ``source`` (capped to ``max_examples``) through the model once.
+def extract(run: Any, device_state: Any, source: Source, *, max_examples: int = 5000,
+            layers: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Runs ``source`` (capped to ``max_examples``) through the run's model once, on its device
+    mesh through the core's prediction path (``loop.predict``, every process).
 
-    Returns ({layer: (N, C) float32}, labels (N,) int64), in the source's order; ``layers``
-    keeps only those taps (unknown names raise ``ValueError`` listing the available ones).
-    ``fn``: a ``feature_fn`` to reuse (one compile for several splits).
+    Returns ({layer: (N, C) float32} in the model's layer order, labels (N,) int64), in the
+    source's order; ``layers`` keeps only those taps (unknown names raise ``ValueError`` listing
+    the available ones).
     """
-    from jaxvision.crossval import IndexSubset
     from jaxvision.data.pipeline import make_loader
+    from jaxvision.tools.crossval import IndexSubset
+    from jaxvision.train import loop
+    config = run.config
     if "label" not in source.info.keys:
         raise DataError(f"linear probes need an image-level 'label'; {source.info.name} has "
                         f"{', '.join(source.info.keys)}.")
@@ -125,27 +136,22 @@ def extract(config: Any, exp: Experiment, model: Any, variables: dict, source: S
     if idx is not None:
         source = IndexSubset(source, idx)
     loader = make_loader(config.data, source.info.split, mode="eval", source=source,
-                         global_batch=batch_size, seed=int(config.seed), process_index=0,
-                         process_count=1)
-    fn = fn if fn is not None else feature_fn(model, functools.partial(exp.prepare, config))
-    variables = jax.device_put(variables)
-    chunks: dict[str, list[np.ndarray]] = {}
-    labels = []
-    for batch in loader:
-        valid = np.asarray(batch["valid"], bool)
-        # Item by item: jax.device_get would return the dict sorted by key, not in layer order.
-        feats = {k: np.asarray(v) for k, v in fn(variables, batch).items()}
-        if layers is not None and not chunks:
-            missing = [name for name in layers if name not in feats]
-            if missing:
-                raise ValueError(f"probe layers {missing} are not taps of this model; it has: "
-                                 f"{', '.join(feats)}.")
-        for name, f in feats.items():
-            if layers is None or name in layers:
-                chunks.setdefault(name, []).append(np.asarray(f)[valid])
-        labels.append(np.asarray(batch["label"])[valid])
-    return ({k: np.concatenate(v) for k, v in chunks.items()},
-            np.concatenate(labels).astype(np.int64))
+                         global_batch=int(config.train.eval_batch_size), seed=int(config.seed))
+    taps, order = tap_fn(run.model, functools.partial(run.exp.prepare, config))
+
+    def fn(variables, batch, setup_data):
+        del setup_data
+        return {"features": taps(variables, batch), "label": batch["label"]}
+
+    out = loop.predict(run, device_state, fn, loader)
+    feats = {k: out["features"][k] for k in order}
+    if layers is not None:
+        missing = [name for name in layers if name not in feats]
+        if missing:
+            raise ValueError(f"probe layers {missing} are not taps of this model; it has: "
+                             f"{', '.join(feats)}.")
+        feats = {k: v for k, v in feats.items() if k in layers}
+    return feats, out["label"].astype(np.int64)
 
 
 @dataclasses.dataclass
@@ -225,45 +231,43 @@ class ProbeRow:
     train_accuracy: float
     eval_accuracy: float
     iterations: int
+    knn_accuracy: float | None = None   # k-nearest-neighbour eval accuracy (``knn`` > 0)
 
 
 def run_probe(config: Any, workdir: str | Path, *, experiment: Experiment | str | None = None,
               checkpoint: str = "latest", max_examples: int = 5000, layers: Sequence[str] | None = None,
-              l2: float = 1e-3, max_iter: int = 500, out_dir: str | Path | None = None
-              ) -> list[ProbeRow]:
+              l2: float = 1e-3, max_iter: int = 500, out_dir: str | Path | None = None,
+              knn: int = 0) -> list[ProbeRow]:
     """Restores ``checkpoint`` from ``workdir``, probes every layer, writes the reports into
-    ``out_dir`` (default ``workdir``); returns one row per layer in the model's order."""
+    ``out_dir`` (default ``workdir``); returns one row per layer in the model's order.
+
+    With ``knn`` = k > 0 each layer also gets the eval accuracy of a k-nearest-neighbour
+    classifier (L2, majority vote, ties to the smaller class; ``models.knn_predict``) over the
+    same training features: the non-parametric probe."""
     from jaxvision.train import loop
-    from jaxvision.train.checkpoint import Checkpointer
-    exp = experiment if isinstance(experiment, Experiment) else load_experiment(
-        experiment or config.get("experiment", "experiments/classification.py"))
     workdir = Path(workdir)
-    ckpt = Checkpointer(workdir / "checkpoints", async_save=False,
-                        best_metric=str(config.train.best_metric) or None,
-                        best_mode=str(config.train.best_mode))
-    if ckpt.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; train first with "
-                                "`python -m jaxvision train --config ... --workdir ...`.")
-    run = loop.build(config, exp, abstract=True)   # shapes only: restoring needs no init compile
-    which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
-    restored = ckpt.restore(run.state, step=which)
-    ckpt.close()
-    variables = restored.state.eval_variables()
+    run = loop.build(config, resolve_experiment(config, experiment), abstract=True)
+    (restored,) = loop.restore_checkpoints(run, workdir, [checkpoint])
+    device_state = run.strategy.put_state(restored.state)
     data = config.data
-    batch = int(config.train.eval_batch_size)
-    kw = dict(batch_size=batch, max_examples=max_examples, layers=layers,
-              fn=feature_fn(run.model, functools.partial(exp.prepare, config)))
-    train_f, train_y = extract(config, exp, run.model, variables, build_source(data, data.train_split), **kw)
-    eval_f, eval_y = extract(config, exp, run.model, variables, build_source(data, data.eval_split), **kw)
+    kw = dict(max_examples=max_examples, layers=layers)
+    train_f, train_y = extract(run, device_state, build_source(data, data.train_split), **kw)
+    eval_f, eval_y = extract(run, device_state, build_source(data, data.eval_split), **kw)
     num_classes = int(run.info.num_classes or max(train_y.max(), eval_y.max()) + 1)
     rows = []
     for name, f in train_f.items():
         probe = fit_linear_probe(f, train_y, num_classes, l2=l2, max_iter=max_iter)
+        knn_acc = None
+        if knn > 0:
+            pred = np.asarray(knn_predict(f, train_y, eval_f[name], int(knn),
+                                          num_classes=num_classes))
+            knn_acc = float(np.mean(pred == eval_y))
         rows.append(ProbeRow(name, int(f.shape[1]), probe.accuracy(f, train_y),
-                             probe.accuracy(eval_f[name], eval_y), probe.iterations))
+                             probe.accuracy(eval_f[name], eval_y), probe.iterations, knn_acc))
     meta = {"step": int(restored.step), "train_examples": int(len(train_y)),
             "eval_examples": int(len(eval_y)), "l2": l2,
-            "majority_baseline": float(np.bincount(eval_y).max() / max(len(eval_y), 1))}
+            "majority_baseline": float(np.bincount(eval_y).max() / max(len(eval_y), 1)),
+            "knn": int(knn)}
     if jax.process_index() == 0:
         write_reports(rows, Path(out_dir) if out_dir is not None else workdir, meta)
     return rows
@@ -272,9 +276,12 @@ def run_probe(config: Any, workdir: str | Path, *, experiment: Experiment | str 
 def summary_json(rows: Sequence[ProbeRow]) -> dict:
     """The JSON line of ``probe``: eval accuracy per layer and the best layer."""
     best = max(rows, key=lambda r: r.eval_accuracy)
-    return {"eval_accuracy": {r.layer: r.eval_accuracy for r in rows},
-            "train_accuracy": {r.layer: r.train_accuracy for r in rows},
-            "best_layer": best.layer, "best_eval_accuracy": best.eval_accuracy}
+    out = {"eval_accuracy": {r.layer: r.eval_accuracy for r in rows},
+           "train_accuracy": {r.layer: r.train_accuracy for r in rows},
+           "best_layer": best.layer, "best_eval_accuracy": best.eval_accuracy}
+    if rows and rows[0].knn_accuracy is not None:
+        out["knn_accuracy"] = {r.layer: r.knn_accuracy for r in rows}
+    return out
 
 
 def write_reports(rows: Sequence[ProbeRow], out_dir: Path, meta: dict) -> None:
@@ -287,10 +294,12 @@ def write_reports(rows: Sequence[ProbeRow], out_dir: Path, meta: dict) -> None:
              f"{meta['train_examples']} training / {meta['eval_examples']} eval examples, "
              f"l2={meta['l2']}, majority-class baseline {meta['majority_baseline']:.4f}. "
              "Spatial features are global-average-pooled.", "",
-             "| layer | dim | train accuracy | eval accuracy | L-BFGS iterations |",
-             "|---|---:|---:|---:|---:|"]
+             "| layer | dim | train accuracy | eval accuracy | L-BFGS iterations |"
+             + (f" {meta['knn']}-NN eval accuracy |" if meta.get("knn") else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|" if meta.get("knn") else "")]
     lines += [f"| {r.layer} | {r.dim} | {r.train_accuracy:.4f} | {r.eval_accuracy:.4f} | "
-              f"{r.iterations} |" for r in rows]
+              f"{r.iterations} |" + (f" {r.knn_accuracy:.4f} |" if r.knn_accuracy is not None
+                                     else "") for r in rows]
     (out_dir / "probe.md").write_text("\n".join(lines) + "\n")
     viz.plot_bars([r.layer for r in rows], [r.eval_accuracy for r in rows],
                   str(out_dir / "probe.png"), ylabel="eval accuracy",

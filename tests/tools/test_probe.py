@@ -15,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from jaxvision import models
 from jaxvision.__main__ import main
 from jaxvision.config import get_config, load_module
-from jaxvision.probe import feature_fn, fit_linear_probe, pool_features, subset_indices
+from jaxvision.tools.probe import feature_fn, fit_linear_probe, pool_features, subset_indices
 from jaxvision.train import loop
 
 SPEC = str(Path(__file__).resolve().parent / "tiny_ablation_experiment.py")
@@ -79,7 +79,7 @@ def test_layer_features_with_and_without_return_features():
         np.testing.assert_allclose(feats[name], ref, rtol=1e-4, atol=1e-5)
 
     # TinyNet has no feature taps: every direct submodule's output, in call order.
-    tiny = load_module(Path(__file__).resolve().parent / "train" / "tiny_experiment.py").TinyNet(6)
+    tiny = load_module(Path(__file__).resolve().parents[1] / "train" / "tiny_experiment.py").TinyNet(6)
     v = jax.jit(tiny.init)(jax.random.key(2), x)
     feats = feature_fn(tiny)(v, x)
     assert list(feats) == ["fc1", "bn1", "Dropout_0", "head"]
@@ -120,6 +120,26 @@ def test_probe_end_to_end(trained, capsys):
         ("fc1", 32), ("bn1", 32), ("Dropout_0", 32), ("head", 6)]
     assert (trained / "probe.png").stat().st_size > 0
     assert "| bn1 | 32 |" in (trained / "probe.md").read_text()
+
+
+def test_knn_probe_matches_sklearn_on_the_same_features(trained, tmp_path):
+    from sklearn.neighbors import KNeighborsClassifier
+    from jaxvision.data.source import build_source
+    from jaxvision.tools import probe
+    config = get_config(f"{SPEC}:tinynet")
+    rows = probe.run_probe(config, trained, max_examples=48, max_iter=20, knn=3, out_dir=tmp_path)
+    run = loop.build(config, loop.resolve_experiment(config), abstract=True)
+    (restored,) = loop.restore_checkpoints(run, trained, ["latest"])
+    state = run.strategy.put_state(restored.state)
+    tf, ty = probe.extract(run, state, build_source(config.data, config.data.train_split),
+                           max_examples=48)
+    ef, ey = probe.extract(run, state, build_source(config.data, config.data.eval_split),
+                           max_examples=48)
+    for row in rows:
+        # scikit-learn's ties among equal distances may differ; these features have none.
+        ref = KNeighborsClassifier(3).fit(tf[row.layer], ty).score(ef[row.layer], ey)
+        assert row.knn_accuracy == pytest.approx(ref, abs=1.01 / len(ey)), row.layer
+    assert "3-NN eval accuracy" in (tmp_path / "probe.md").read_text()
 
 
 def test_probe_unknown_layer_and_missing_checkpoint(trained, tmp_path, capsys):

@@ -26,11 +26,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxvision.ablation import RunRecord, mean_std, train_or_skip
+from jaxvision.tools.ablation import RunRecord, mean_std, train_or_skip
 from jaxvision.config import ConfigError
 from jaxvision.data.example import Example
 from jaxvision.data.source import DataError, Source, build_source
-from jaxvision.experiment import Experiment, load_experiment
+from jaxvision.experiment import Experiment, resolve_experiment
 
 
 class IndexSubset:
@@ -107,8 +107,7 @@ def crossval(config: ml_collections.ConfigDict, workdir: str | Path, *, folds: i
              progress: bool = False) -> CrossvalResult:
     """Trains and evaluates every fold (skipping finished ones); writes the JSON and markdown."""
     workdir = Path(workdir)
-    exp = experiment if isinstance(experiment, Experiment) else load_experiment(
-        experiment or config.get("experiment", "experiments/classification.py"))
+    exp = resolve_experiment(config, experiment)
     data = config.data
     full = build_source(data, data.train_split)
     try:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from jaxvision.__main__ import main
-from jaxvision.crossval import IndexSubset, fold_split, kfold_indices
+from jaxvision.tools.crossval import IndexSubset, fold_split, kfold_indices
 from jaxvision.data.source import ArraySource, DataError
 
 SPEC = str(Path(__file__).resolve().parent / "tiny_ablation_experiment.py")

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxvision import optim
-from jaxvision.experiment import Experiment, load_experiment
+from jaxvision.config import split_spec
+from jaxvision.experiment import Experiment, resolve_experiment
 from jaxvision.train.checkpoint import Checkpointer
 from jaxvision.train.transfer import run_config
 
@@ -69,12 +70,26 @@ def ensemble_metrics(member_probs: Sequence[np.ndarray], labels: np.ndarray) -> 
     return {**scores(np.mean(probs, axis=0)), "members": [scores(p) for p in probs]}
 
 
-def _predict_fn(exp: Experiment, model: Any, config: Any):
-    @jax.jit
-    def predict(variables: dict, batch: dict) -> jax.Array:
-        logits = model.apply(variables, exp.prepare(config, batch), train=False)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    return predict
+def _probabilities(run: Any) -> Any:
+    """``fn(variables, batch, setup_data)`` -> class probabilities (N, C) and ``label`` (N,),
+    from the experiment's ``predict`` (its ``probabilities``, else the softmax of ``logits``)."""
+    exp, config = run.exp, run.config
+    if exp.predict is None:
+        raise ValueError(f"ensembles read per-example class probabilities, but "
+                         f"{exp.spec or 'the experiment'} has no predict hook.")
+
+    def fn(variables, batch, setup_data):
+        out = exp.predict(config, run.model, variables, batch, **exp.setup_kwargs(
+            run.setup.static, setup_data))
+        if "probabilities" in out:
+            probs = out["probabilities"]
+        elif "logits" in out:
+            probs = jax.nn.softmax(out["logits"].astype(jnp.float32), axis=-1)
+        else:
+            raise ValueError(f"ensembles need predict() to return 'probabilities' or 'logits'; "
+                             f"{exp.spec} returns {sorted(out)}.")
+        return {"probabilities": probs.astype(jnp.float32), "label": batch["label"]}
+    return fn
 
 
 def predict_checkpoints(config: Any, workdir: str | Path, checkpoints: Sequence[int | str | None],
@@ -83,36 +98,19 @@ def predict_checkpoints(config: Any, workdir: str | Path, checkpoints: Sequence[
     """Class probabilities of several checkpoints of one run over its eval split.
 
     Returns ``([(step, probs (N, C) float32), ...], labels (N,))`` in ``checkpoints`` order;
-    the model and data are built once from ``config`` (which must match the run's model).
+    the model and data are built once from ``config`` (which must match the run's model), and
+    every checkpoint goes through the core's prediction path (``loop.predict``: the device mesh,
+    every process).
     """
-    from jaxvision.train.loop import TrainingError, build
-    if jax.process_count() > 1:
-        raise TrainingError("ensembles run in a single process (they read every eval example).")
-    exp = experiment if isinstance(experiment, Experiment) else load_experiment(
-        experiment or config.get("experiment", "experiments/classification.py"))
-    run = build(config, exp, abstract=True)  # a restore target, nothing compiled
-    predict = _predict_fn(exp, run.model, config)
-    ckpt = Checkpointer(Path(workdir) / "checkpoints", async_save=False, max_to_keep=None,
-                        best_metric=str(config.train.best_metric) or None,
-                        best_mode=str(config.train.best_mode))
-    if ckpt.latest_step() is None:
-        raise TrainingError(f"no checkpoint in {Path(workdir) / 'checkpoints'}; train the member "
-                            "first (python -m jaxvision train --config ... --workdir ...).")
-    try:
-        restored = [ckpt.restore(run.state.without_aux(), step=which) for which in checkpoints]
-    finally:
-        ckpt.close()
-    variables = [r.state.eval_variables() for r in restored]
-    # One pass over the data for all checkpoints; padded examples (valid = False) are dropped.
-    probs: list[list[np.ndarray]] = [[] for _ in variables]
-    labels = []
-    for batch in run.eval_loader:
-        valid = np.asarray(batch["valid"]).astype(bool)
-        labels.append(np.asarray(batch["label"])[valid])
-        for i, v in enumerate(variables):
-            probs[i].append(np.asarray(predict(v, batch))[valid])
-    out = [(int(r.step), np.concatenate(p)) for r, p in zip(restored, probs)]
-    labels = np.concatenate(labels)
+    from jaxvision.train import loop
+    run = loop.build(config, resolve_experiment(config, experiment), abstract=True)
+    restored = loop.restore_checkpoints(run, workdir, list(checkpoints))
+    fn = _probabilities(run)
+    out, labels = [], None
+    for r in restored:
+        pred = loop.predict(run, run.strategy.put_state(r.state), fn, run.eval_loader)
+        out.append((int(r.step), pred["probabilities"]))
+        labels = pred["label"]
     return out, labels
 
 
@@ -178,9 +176,11 @@ def snapshot_members(config: Any, workdir: str | Path) -> list[Member]:
     return [Member(config, str(workdir), s) for s in steps]
 
 
-def ensemble_from_specs(spec: str, workdirs: Sequence[str], *, overrides: Sequence[str] = (),
+def ensemble_from_specs(spec: str | None, workdirs: Sequence[str], *, overrides: Sequence[str] = (),
                         snapshots: bool = False, checkpoint: int | str | None = None) -> dict:
-    """The CLI's ensemble: each workdir's config is ``spec`` + its saved config + ``overrides``.
+    """The CLI's ensemble: each workdir's config is its saved config (started from ``spec`` when
+    given, else from the experiment config it recorded) + ``overrides``. Members must share one
+    experiment module.
 
     With ``snapshots``, every workdir contributes its cycle-end checkpoints; otherwise its
     ``checkpoint`` (None = latest).
@@ -188,8 +188,14 @@ def ensemble_from_specs(spec: str, workdirs: Sequence[str], *, overrides: Sequen
     if not workdirs:
         raise ValueError("ensemble: give at least one --workdir.")
     members: list[Member] = []
+    experiments = {}
     for workdir in workdirs:
         config = run_config(spec, workdir, overrides)
+        experiments[str(workdir)] = split_spec(str(config.experiment))[0]
+        if len(set(experiments.values())) > 1:
+            listing = ", ".join(f"{w}: {e}" for w, e in experiments.items())
+            raise ValueError(f"ensemble members must come from one experiment, so that one input "
+                             f"preparation and one prediction serve them all; got {listing}.")
         members.extend(snapshot_members(config, workdir) if snapshots
                        else [Member(config, str(workdir), checkpoint)])
-    return evaluate_ensemble(members, experiment=spec)
+    return evaluate_ensemble(members)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import functools
 import json
 import math
 import re
@@ -42,7 +41,7 @@ import numpy as np
 
 from jaxvision import config as config_lib
 from jaxvision.config import ConfigError
-from jaxvision.experiment import Experiment, load_experiment
+from jaxvision.experiment import Experiment, resolve_experiment
 
 RESULT_FILE = "result.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
@@ -125,7 +124,7 @@ def parse_variants(config: ml_collections.ConfigDict) -> tuple[list[Variant], tu
     """
     if "ablation" not in config:
         raise ConfigError("the config has no 'ablation' block; add config.ablation = "
-                          "jaxvision.ablation.ablation_config(variants=...) or pass "
+                          "jaxvision.tools.ablation.ablation_config(variants=...) or pass "
                           "--config.ablation.variants=\"(('full', {}), ...)\" to `ablate`.")
     block = config.ablation
     raw = tuple(block.get("variants", ()) or ())
@@ -152,35 +151,19 @@ def parse_variants(config: ml_collections.ConfigDict) -> tuple[list[Variant], tu
     return variants, seeds, str(block.get("metric", "accuracy"))
 
 
-def _sample_batch(config: Any) -> tuple[Any, dict]:
-    """(train SourceInfo, one eval batch of one example), as the loader gives them."""
-    from jaxvision.data.pipeline import make_loader
-    from jaxvision.data.source import build_source
-    data = config.data
-    info = build_source(data, data.train_split).info
-    loader = make_loader(data, data.eval_split, mode="eval", global_batch=1, seed=int(config.seed),
-                         process_index=0, process_count=1)
-    return info, next(iter(loader))
-
-
 def check_variant(config: Any, exp: Experiment, metric: str | None = None) -> tuple[int, list[str]]:
-    """Builds the variant's model abstractly (no compile, no training).
+    """Builds the variant's run abstractly (no compile, no training): data, model, evaluators.
 
-    Returns (parameter count of the ``params`` collection, the scalar eval metric names). Raises
-    ``ConfigError`` when ``metric`` is given and the experiment's ``evaluate`` does not report it.
+    Returns (parameter count of the ``params`` collection, the metric names its evaluators log).
+    Raises ``ConfigError`` when ``metric`` is given and no evaluator reports it.
     """
-    info, batch = _sample_batch(config)
-    model = exp.build_model(config, info)
-    key = jax.random.key(int(config.seed))
-    variables = jax.eval_shape(functools.partial(exp.init_variables, config, model), batch, key)
-    params = sum(math.prod(x.shape) for x in jax.tree.leaves(variables.get("params", {})))
-    shapes = jax.eval_shape(functools.partial(exp.evaluate, config, model), variables, batch)
-    # Metrics are (total, count) pairs; scalar totals are the ones a table can show.
-    names = sorted(k for k, v in shapes.items()
-                   if isinstance(v, (tuple, list)) and len(v) == 2 and len(v[0].shape) == 0)
+    from jaxvision.train.loop import build
+    run = build(config, exp, abstract=True)
+    params = sum(math.prod(x.shape) for x in jax.tree.leaves(run.state.params))
+    names = run.logged_names()
     if metric is not None and metric not in names:
-        raise ConfigError(f"ablation.metric={metric!r} is not a scalar metric of this experiment's "
-                          f"evaluate; it reports: {', '.join(names)}.")
+        raise ConfigError(f"ablation.metric={metric!r} is not a metric of this experiment's "
+                          f"evaluators; they report: {', '.join(names)}.")
     return int(params), names
 
 
@@ -254,8 +237,7 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str | Path, *,
     Returns one row per variant, in the config's order (the first is the reference).
     """
     workdir = Path(workdir)
-    exp = experiment if isinstance(experiment, Experiment) else load_experiment(
-        experiment or config.get("experiment", "experiments/classification.py"))
+    exp = resolve_experiment(config, experiment)
     variants, seeds, metric = parse_variants(config)
     params = {}
     for v in variants:   # everything is checked before anything trains

@@ -1,0 +1,369 @@
+"""Evaluators: metrics over a whole split, computed on the host from what the device predicts.
+
+An evaluator has two halves (the big_vision pattern):
+
+* on the device, ``device_fn(exp, model, config, static)`` gives a traced
+  ``fn(variables, batch, setup_data) -> outputs`` that the core compiles over the device mesh;
+* on the host, ``reset()``, ``update(outputs)`` for every batch, then ``compute() -> dict``.
+
+Two kinds, by how the core brings ``outputs`` back (``Evaluator.kind``):
+
+* ``'sums'``: ``outputs`` are ``(total, count)`` pairs already reduced over the batch (``psum``-ed
+  under pmap, replicated under jit). O(1) memory. ``MeanMetrics`` is the one built in: it runs the
+  experiment's ``evaluate`` and reports exact means (float64 sums over every example), the
+  default evaluator of every experiment.
+* ``'gather'``: ``outputs`` are per-example arrays with a leading batch axis, sharded along the
+  mesh's data axis and never reduced. The core gathers them to every process
+  (``Strategy.gather``: across processes too), drops the padded examples (``valid`` False) and
+  passes numpy arrays of the valid examples to ``update``. Built in: ``Confusion`` (streaming,
+  O(C^2)) and ``Retrieval`` (keeps every embedding: 4 * (D + 1) bytes per example).
+
+How the evaluators of the task issues plug in (each a ``GatherEvaluator`` subclass naming the
+``predict`` outputs and batch keys it reads):
+
+* COCO/VOC mAP: ``predict`` returns fixed-size detections per image (boxes (N, K, 4), scores,
+  classes, a validity mask); the evaluator reads those plus the batch's ``boxes``,
+  ``box_classes``, ``box_valid`` and keeps them per image (about K * 24 bytes per image), then
+  matches and integrates precision/recall per class in ``compute``.
+* mIoU: ``predict`` returns the argmax class map (N, H, W); the evaluator reads it and the
+  batch's ``mask`` and adds a (C, C) confusion matrix per batch (streaming, O(C^2)).
+* EPE / bad-k / D1: ``predict`` returns the disparity (N, H, W); the evaluator reads it and the
+  batch's ``disparity`` and streams sums of errors and counts over the valid pixels.
+
+Metric names are bare keys (``accuracy``, ``recall_at_1``, ``AP50``, ``mIoU``, ``EPE``); when two
+evaluators of a run produce the same key, the later one (evaluators run in the order of their
+names) is written ``<evaluator name>/<key>`` (``metric_names``).
+
+Configs (``config.evals``): name -> ``eval_config(type, ...)``: ``type`` in ``EVALUATORS``,
+``split`` ('' = ``data.eval_split``), ``batch_size`` (0 = ``train.eval_batch_size``), ``every``
+(steps; -1 = ``train.eval_every``, 0 = only at the end of training) and the type's own keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxvision.config import ConfigError
+from jaxvision.metrics import Accumulator, precision_recall_f1
+
+
+class Evaluator:
+    """Base class: a name, where it reads (split, batch size), how often, and the two halves."""
+
+    kind = "gather"
+    options: dict = {}   # the type's own config keys and their defaults
+
+    def __init__(self, name: str, *, split: str, batch_size: int, every: int, **options: Any):
+        self.name, self.split, self.batch_size, self.every = name, split, int(batch_size), int(every)
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ConfigError(f"evals.{name}: unknown key(s) {', '.join(unknown)} for type "
+                              f"{type(self).type_name()!r}; it takes: split, batch_size, every"
+                              + "".join(f", {k}" for k in self.options) + ".")
+        for key, default in self.options.items():
+            setattr(self, key, options.get(key, default))
+
+    @classmethod
+    def type_name(cls) -> str:
+        return next((k for k, v in EVALUATORS.items() if v is cls), cls.__name__)
+
+    def device_fn(self, exp: Any, model: Any, config: Any, static: Mapping) -> Callable:
+        """Traced ``fn(variables, batch, setup_data) -> outputs`` (see the module docstring)."""
+        raise NotImplementedError
+
+    def metric_names(self, output_shapes: Mapping[str, Any]) -> list[str]:
+        """The keys ``compute`` returns (scalars and arrays), given ``jax.eval_shape`` of the
+        device outputs; raises ``ConfigError`` when those outputs cannot serve this evaluator."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def update(self, outputs: Mapping[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> dict:
+        raise NotImplementedError
+
+
+class MeanMetrics(Evaluator):
+    """Exact means of the experiment's ``evaluate`` sums (and summed array metrics).
+
+    ``evaluate(config, model, variables, batch)`` returns ``(total, count)`` pairs over the
+    batch's valid examples; the totals and counts of every batch are added in float64, so a
+    metric is the mean over all examples, never a mean of batch means."""
+
+    kind = "sums"
+
+    def device_fn(self, exp, model, config, static):
+        def fn(variables, batch, setup_data):
+            return exp.evaluate(config, model, variables, batch,
+                                **exp.setup_kwargs(static, setup_data))
+        return fn
+
+    def metric_names(self, output_shapes):
+        bad = [k for k, v in output_shapes.items() if not (isinstance(v, (tuple, list)) and len(v) == 2)]
+        if bad:
+            raise ConfigError(f"evals.{self.name}: the experiment's evaluate must return "
+                              f"(total, count) pairs; {', '.join(bad)} are not.")
+        return sorted(output_shapes)
+
+    def reset(self):
+        self._acc = Accumulator()
+
+    def update(self, outputs):
+        self._acc.add(outputs)
+
+    def compute(self):
+        return self._acc.result()
+
+
+class GatherEvaluator(Evaluator):
+    """Reads per-example outputs: ``predict_keys`` of the experiment's ``predict`` and
+    ``batch_keys`` of the batch (the names of the options that hold those keys)."""
+
+    predict_keys: tuple[str, ...] = ()
+    batch_keys: tuple[str, ...] = ()
+
+    def _keys(self) -> tuple[list[str], list[str]]:
+        return ([getattr(self, k) for k in self.predict_keys],
+                [getattr(self, k) for k in self.batch_keys])
+
+    def transform(self, outputs: dict) -> dict:
+        """On the device, per example: shrink what the host needs (e.g. logits -> argmax)."""
+        return outputs
+
+    def device_fn(self, exp, model, config, static):
+        if exp.predict is None:
+            raise ConfigError(f"evals.{self.name} ({self.type_name()}) reads the experiment's "
+                              f"per-example predictions, but {exp.spec or 'the experiment'} "
+                              "defines no predict(config, model, variables, batch) hook.")
+        pkeys, bkeys = self._keys()
+
+        def fn(variables, batch, setup_data):
+            pred = exp.predict(config, model, variables, batch,
+                               **exp.setup_kwargs(static, setup_data))
+            missing = [k for k in pkeys if k not in pred]
+            if missing:
+                raise ConfigError(f"evals.{self.name} ({self.type_name()}) reads predict() "
+                                  f"output(s) {missing}; predict returns {sorted(pred)}. Set "
+                                  f"evals.{self.name}.{self.predict_keys[pkeys.index(missing[0])]}"
+                                  " to one of them.")
+            missing = [k for k in bkeys if k not in batch]
+            if missing:
+                raise ConfigError(f"evals.{self.name} ({self.type_name()}) reads batch key(s) "
+                                  f"{missing}; the batch has {sorted(batch)} (data.keys).")
+            out = self.transform({**{k: pred[k] for k in pkeys}, **{k: batch[k] for k in bkeys}})
+            return {**out, "valid": batch["valid"]}
+        return fn
+
+
+class Confusion(GatherEvaluator):
+    """Confusion matrix, per-class precision / recall / F1 / support, macro F1, balanced accuracy.
+
+    Reads ``predict()[logits]`` (N, C) (argmax taken on the device) and ``batch[label]`` (N,).
+    Streaming: the state is the (C, C) int64 matrix, rows = true class, columns = predicted.
+    Outputs: ``confusion_matrix`` (C, C), ``precision``, ``recall``, ``f1``, ``support`` (C,)
+    and the scalars ``macro_f1`` (mean F1 over classes with support or predictions, as
+    scikit-learn's ``f1_score(average='macro')`` over the labels present) and
+    ``balanced_accuracy`` (mean recall over the classes present)."""
+
+    options = {"logits": "logits", "label": "label"}
+    predict_keys = ("logits",)
+    batch_keys = ("label",)
+
+    num_classes: int | None = None
+
+    def transform(self, outputs):
+        # The class count is static: recorded when the core traces this (at build, before any
+        # update), so an absent class still gets its row and column.
+        self.num_classes = int(outputs[self.logits].shape[-1])
+        return {"prediction": jnp.argmax(outputs[self.logits], -1).astype(jnp.int32),
+                "label": outputs[self.label].astype(jnp.int32)}
+
+    def metric_names(self, output_shapes):
+        return ["confusion_matrix", "precision", "recall", "f1", "support", "macro_f1",
+                "balanced_accuracy"]
+
+    def reset(self):
+        self._cm = None
+
+    def update(self, outputs):
+        pred, label = np.asarray(outputs["prediction"]), np.asarray(outputs["label"])
+        c = self.num_classes or int(max(pred.max(initial=0), label.max(initial=0)) + 1)
+        if self._cm is None:
+            self._cm = np.zeros((c, c), np.int64)
+        if label.size and (label.min() < 0 or label.max() >= self._cm.shape[0]):
+            raise ValueError(f"evals.{self.name}: labels must lie in [0, {self._cm.shape[0]}); "
+                             f"got [{label.min()}, {label.max()}].")
+        np.add.at(self._cm, (label, pred), 1)
+
+    def compute(self):
+        cm = self._cm if self._cm is not None else np.zeros((self.num_classes or 0,) * 2, np.int64)
+        prf = precision_recall_f1(cm)
+        present = (prf["support"] > 0) | (cm.sum(0) > 0)
+        return {"confusion_matrix": cm, **prf,
+                "macro_f1": float(prf["f1"][present].mean()) if present.any() else float("nan"),
+                "balanced_accuracy": float(prf["recall"][prf["support"] > 0].mean())
+                if (prf["support"] > 0).any() else float("nan")}
+
+
+def _nearest(emb: np.ndarray, ranks: int, distance: str, chunk: int = 1024) -> np.ndarray:
+    """(N, ranks) int64: for every row of ``emb`` the indices of its ``ranks`` nearest other rows,
+    nearest first, ties broken by the lower index; distances in float64."""
+    x = np.asarray(emb, np.float64)
+    if distance == "cosine":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    sq = np.sum(x * x, axis=1)
+    n = len(x)
+    out = np.empty((n, ranks), np.int64)
+    cols = np.arange(n)
+    for start in range(0, n, chunk):
+        q = x[start:start + chunk]
+        d = sq[start:start + chunk, None] - 2.0 * (q @ x.T) + sq[None, :]
+        d[np.arange(len(q)), start + np.arange(len(q))] = np.inf   # the query itself
+        kth = np.partition(d, ranks - 1, axis=1)[:, ranks - 1:ranks]
+        for i in range(len(q)):
+            cand = cols[d[i] <= kth[i, 0]]                 # every tie at the cut is kept
+            order = np.lexsort((cand, d[i, cand]))         # by distance, then index
+            out[start + i] = cand[order[:ranks]]
+    return out
+
+
+def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
+                      distance: str = "euclidean") -> dict:
+    """Recall@K, R-precision and MAP@R of every item queried against all the others.
+
+    ``embeddings`` (N, D), ``labels`` (N,) ints; ``distance`` 'euclidean' or 'cosine'. Recall@K
+    (metric-learning sense): the fraction of queries with at least one item of their class among
+    their K nearest neighbours, the query excluded. R-precision and MAP@R as in
+    pytorch-metric-learning: R = the number of other items of the query's class, MAP@R =
+    mean over queries of (1/R) sum_{i<=R} P(i) rel(i). Queries without another item of their class
+    (R = 0) can retrieve nothing and are left out of every metric (``retrieval_queries`` counts
+    the rest). Neighbours tie-break by index. Returns floats ``recall_at_<k>``, ``r_precision``,
+    ``map_at_r``, ``retrieval_queries``.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    emb = np.asarray(embeddings).reshape(len(labels), -1)
+    if distance not in ("euclidean", "cosine"):
+        raise ConfigError(f"retrieval distance must be 'euclidean' or 'cosine', got {distance!r}.")
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    r = counts[inverse] - 1
+    queries = r > 0
+    out = {f"recall_at_{int(k)}": float("nan") for k in ks}
+    out.update(r_precision=float("nan"), map_at_r=float("nan"), retrieval_queries=0.0)
+    if not queries.any():
+        return out
+    ranks = int(min(len(labels) - 1, max(max(ks), r.max())))
+    nn = _nearest(emb, ranks, distance)
+    rel = labels[nn] == labels[:, None]                       # (N, ranks)
+    rel, r_q = rel[queries], r[queries]
+    for k in ks:
+        out[f"recall_at_{int(k)}"] = float(np.mean(rel[:, :int(k)].any(axis=1)))
+    within = np.arange(ranks)[None, :] < r_q[:, None]         # the first R neighbours
+    rel_r = rel & within
+    out["r_precision"] = float(np.mean(rel_r.sum(1) / r_q))
+    precision_at_i = np.cumsum(rel_r, axis=1) / np.arange(1, ranks + 1)[None, :]
+    out["map_at_r"] = float(np.mean(np.sum(precision_at_i * rel_r, axis=1) / r_q))
+    out["retrieval_queries"] = float(queries.sum())
+    return out
+
+
+class Retrieval(GatherEvaluator):
+    """Recall@K (K in ``ks``), R-precision and MAP@R over the whole split (``retrieval_metrics``).
+
+    Reads ``predict()[embedding]`` (N, D) and ``batch[label]`` (default ``identity``). Keeps
+    every embedding on the host: 4 * (D + 1) bytes per example; ``compute`` works in chunks of
+    1,024 queries (1024 * N * 8 bytes at a time)."""
+
+    options = {"embedding": "embedding", "label": "identity", "ks": (1, 2, 4, 8),
+               "distance": "euclidean"}
+    predict_keys = ("embedding",)
+    batch_keys = ("label",)
+
+    def transform(self, outputs):
+        e = outputs[self.embedding]
+        return {"embedding": e.reshape(e.shape[0], -1).astype(jnp.float32),
+                "label": outputs[self.label].astype(jnp.int32)}
+
+    def metric_names(self, output_shapes):
+        if self.distance not in ("euclidean", "cosine"):
+            raise ConfigError(f"evals.{self.name}.distance must be 'euclidean' or 'cosine', got "
+                              f"{self.distance!r}.")
+        if not self.ks or any(int(k) < 1 for k in self.ks):
+            raise ConfigError(f"evals.{self.name}.ks must be positive integers, got {self.ks!r}.")
+        return [f"recall_at_{int(k)}" for k in self.ks] + ["r_precision", "map_at_r",
+                                                          "retrieval_queries"]
+
+    def reset(self):
+        self._emb, self._labels = [], []
+
+    def update(self, outputs):
+        self._emb.append(np.asarray(outputs["embedding"], np.float32))
+        self._labels.append(np.asarray(outputs["label"]))
+
+    def compute(self):
+        emb = np.concatenate(self._emb) if self._emb else np.zeros((0, 1), np.float32)
+        labels = np.concatenate(self._labels) if self._labels else np.zeros((0,), np.int32)
+        return retrieval_metrics(emb, labels, tuple(int(k) for k in self.ks), self.distance)
+
+
+EVALUATORS: dict[str, type[Evaluator]] = {
+    "metrics": MeanMetrics,
+    "confusion": Confusion,
+    "retrieval": Retrieval,
+}
+
+DEFAULT_NAME = "eval"
+
+
+def eval_config(type: str = "metrics", *, split: str = "", batch_size: int = 0, every: int = -1,
+                **options: Any) -> ml_collections.ConfigDict:
+    """One entry of ``config.evals`` (see the module docstring for the keys)."""
+    if type not in EVALUATORS:
+        raise ConfigError(f"unknown evaluator type {type!r}; types: {', '.join(EVALUATORS)}.")
+    cls = EVALUATORS[type]
+    fields = dict(cls.options)
+    fields.update(options)
+    return ml_collections.ConfigDict(dict(type=type, split=split, batch_size=batch_size,
+                                          every=every, **fields))
+
+
+def build_evaluators(config: Any) -> list[Evaluator]:
+    """The evaluators ``config.evals`` names (in name order), defaults filled in from
+    ``config.data`` and ``config.train``; the single default ``metrics`` evaluator when empty."""
+    evals = config.get("evals") or {}
+    entries = [(name, dict(cfg)) for name, cfg in evals.items()] or [(DEFAULT_NAME, {})]
+    out = []
+    for name, cfg in entries:
+        kind = str(cfg.pop("type", "metrics"))
+        if kind not in EVALUATORS:
+            raise ConfigError(f"evals.{name}.type={kind!r} is not an evaluator; types: "
+                              f"{', '.join(EVALUATORS)}.")
+        split = str(cfg.pop("split", "") or config.data.eval_split)
+        batch = int(cfg.pop("batch_size", 0) or config.train.eval_batch_size)
+        every = int(cfg.pop("every", -1))
+        if every < 0:
+            every = int(config.train.eval_every)
+        if "/" in name:
+            raise ConfigError(f"evals.{name}: an evaluator name cannot contain '/'.")
+        options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}
+        out.append(EVALUATORS[kind](name, split=split, batch_size=batch, every=every, **options))
+    return out
+
+
+def metric_names(names_per_evaluator: Sequence[Sequence[str]],
+                 evaluator_names: Sequence[str]) -> list[dict[str, str]]:
+    """For every evaluator, ``{its key: the name it is logged under}``: bare keys, except that a
+    key an earlier evaluator already produces becomes ``<evaluator name>/<key>``."""
+    taken: set[str] = set()
+    out = []
+    for keys, ev in zip(names_per_evaluator, evaluator_names):
+        mapping = {k: (f"{ev}/{k}" if k in taken else k) for k in keys}
+        taken.update(keys)
+        out.append(mapping)
+    return out

@@ -170,16 +170,6 @@ def _tfds(config: Any, name: str, split: str) -> Source:
     return tfds_source.from_config(config, name, split)
 
 
-def num_outputs(info: SourceInfo, keys: Sequence[str] = ("label",)) -> int:
-    """Returns the class count for the first of ``keys`` the source has (for building heads)."""
-    counts = {"label": info.num_classes, "box_classes": info.num_box_classes,
-              "mask": info.num_mask_classes, "identity": info.num_identities}
-    for k in keys:
-        if counts.get(k):
-            return int(counts[k])
-    raise DataError(f"source {info.name} has no class count for any of {list(keys)}.")
-
-
 def take(source: Source, indices: Sequence[int]) -> list[Example]:
     """Returns the examples at ``indices`` (a convenience for tests and plots)."""
     return [source[int(i)] for i in np.asarray(indices).tolist()]

@@ -131,7 +131,8 @@ def build(config: Any, exp: Experiment, sources: tuple[Any, Any] | None = None, 
     ema = float(config.optim.get("ema_decay", 0.0)) > 0
     abstract_state = jax.eval_shape(lambda s, k1, k2: state_lib.create(
         exp.init_variables(config, model, s, k1), optimizer, k2, ema), sample, init_key, state_key)
-    names = _metric_names(config, exp, model, evaluators, eval_loaders, abstract_state, setup)
+    names = _metric_names(config, exp, model, evaluators, eval_loaders, abstract_state, setup,
+                          sample)
     run = Run(config, exp, strategy, train_source.info, model, optimizer, abstract_state,
               train_loader, evaluators, eval_loaders, names, setup)
     run.setup_data = strategy.put_state(setup.data) if setup.data is not None else None
@@ -144,13 +145,15 @@ def build(config: Any, exp: Experiment, sources: tuple[Any, Any] | None = None, 
 
 
 def _metric_names(config: Any, exp: Experiment, model: Any, evaluators: list[Evaluator],
-                  loaders: dict, state: Any, setup: Setup) -> list[dict[str, str]]:
+                  loaders: dict, state: Any, setup: Setup, sample: dict) -> list[dict[str, str]]:
     """Traces every evaluator once (no compile) for its metric keys, resolves name clashes, and
-    checks ``train.best_metric`` against the result."""
+    checks ``train.best_metric`` against the result. ``sample``: one example of the first
+    evaluator's split (the others' splits are read only when they differ)."""
     keys = []
     for ev in evaluators:
-        batch = next(iter(loaders[ev.name]))
-        batch = {k: v[:1] for k, v in batch.items()}
+        batch = sample
+        if ev.split != evaluators[0].split:
+            batch = {k: v[:1] for k, v in next(iter(loaders[ev.name])).items()}
         fn = ev.device_fn(exp, model, config, setup.static)
         shapes = jax.eval_shape(lambda st, b, d: fn(st.eval_variables(), b, d), state, batch,
                                 setup.data)
@@ -395,7 +398,10 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
                             best, since_best = value, 0
                         else:
                             since_best += 1
-                if (int(tc.checkpoint_every) > 0 and step % int(tc.checkpoint_every) == 0) or do_eval:
+                # The last step's checkpoint is written after the final evaluation, with its
+                # metrics, so that it can be the 'best' one.
+                if step < total and (do_eval or (int(tc.checkpoint_every) > 0
+                                                 and step % int(tc.checkpoint_every) == 0)):
                     save(step, results if do_eval else None)
                 if patience and since_best >= patience:
                     writer.message(f"early stopping at step {step}: no improvement of "

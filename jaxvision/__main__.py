@@ -30,11 +30,18 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
                 overrides.append(f"{arg[2:]}={argv[i + 1]}")
                 i += 1
             else:
-                raise SystemExit(f"error: {arg} needs a value (--config.KEY=VALUE)")
+                raise ValueError(f"{arg} needs a value (--config.KEY=VALUE)")
         else:
             rest.append(arg)
         i += 1
     return rest, overrides
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", required=True)
     b = sub.add_parser("bench", help="time the compiled train step")
     b.add_argument("--config", required=True)
-    b.add_argument("--steps", type=int, default=20)
+    b.add_argument("--steps", type=_positive, default=20)
     d = sub.add_parser("data", help="data commands: prepare, show")
     dsub = d.add_subparsers(dest="data_command", required=True)
     dp = dsub.add_parser("prepare", help="prepare a TFDS dataset (needs the 'prepare' extra)")
@@ -67,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     ds.add_argument("--config", required=True)
     ds.add_argument("--out", required=True)
     ds.add_argument("--split", default=None, help="default: the config's data.train_split")
-    ds.add_argument("--num", type=int, default=6)
+    ds.add_argument("--num", type=_positive, default=6)
     ds.add_argument("--transformed", action="store_true",
                     help="show examples after the training transforms (as the model sees them)")
     a = sub.add_parser("ablate", help="train the config's ablation.variants x ablation.seeds; "
@@ -118,30 +125,43 @@ def _print_json(obj: dict) -> None:
     print(json.dumps(obj, default=_json_default), flush=True)
 
 
+# The exit-code contract (README "Command line"): 0 = done, or stopped cleanly with a checkpoint
+# (SIGTERM, Ctrl-C); 1 = the run failed (non-finite loss, a failed process); 2 = the input is
+# wrong (a config key or value, a file or workdir, the data, a busy workdir, a checkpoint that is
+# not there); 130 = aborted by a second Ctrl-C.
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ABORTED = 1, 2, 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    rest, overrides = _split_overrides(argv)
+    try:
+        rest, overrides = _split_overrides(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args = _parser().parse_args(rest)
-    from jaxvision.config import ConfigError, get_config
-    from jaxvision.data.example import ExampleError
-    from jaxvision.data.source import DataError
     import os
+    from jaxvision.config import get_config
+    from jaxvision.distributed import DistributedError
+    from jaxvision.train.checkpoint import CheckpointError
+    from jaxvision.train.lock import WorkdirBusyError
+    from jaxvision.train.loop import TrainingError
+    bad_input = (ValueError, OSError, CheckpointError, WorkdirBusyError)  # DataError etc. are ValueErrors
     try:
         return _run(args, overrides, get_config)
-    except (ConfigError, DataError, ExampleError, ValueError, FileNotFoundError) as e:
-        # Bad input: the message says what and how to fix it; the traceback would only bury it.
+    except KeyboardInterrupt:
+        print("\naborted (Ctrl-C twice): nothing was saved after the last checkpoint",
+              file=sys.stderr)
+        return EXIT_ABORTED
+    except (*bad_input, TrainingError, DistributedError) as e:
+        # Expected failures: the message says what and how to fix it; a traceback would bury it.
         if os.environ.get("JAXVISION_TRACEBACK"):
             raise
         print(f"error: {e}", file=sys.stderr)
-        print("(set JAXVISION_TRACEBACK=1 to see the traceback)", file=sys.stderr)
-        return 2
-    except Exception as e:
-        from jaxvision.distributed import DistributedError
-        from jaxvision.train.loop import TrainingError
-        if isinstance(e, (TrainingError, DistributedError)) and not os.environ.get("JAXVISION_TRACEBACK"):
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        raise
+        if isinstance(e, bad_input):
+            print("(set JAXVISION_TRACEBACK=1 to see the traceback)", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return EXIT_FAILED
 
 
 def _run(args, overrides, get_config) -> int:

@@ -71,6 +71,57 @@ def base_config() -> ml_collections.ConfigDict:
     ))
 
 
+# Integer keys every run reads, with the smallest value each accepts and what the value means.
+_INT_RANGES = {
+    "seed": (0, "the random seed"),
+    "train.steps": (1, "optimizer steps of the run"),
+    "train.batch_size": (1, "the global batch"),
+    "train.eval_batch_size": (1, "the global eval batch"),
+    "train.log_every": (1, "steps between train logs"),
+    "train.eval_every": (0, "steps between evaluations; 0 = only at the end"),
+    "train.checkpoint_every": (0, "steps between checkpoints; 0 = only with evaluations and at the end"),
+    "train.keep_checkpoints": (1, "newest checkpoints kept (plus the best)"),
+    "train.early_stopping_patience": (0, "evaluations without improvement; 0 = off"),
+    "optim.warmup_steps": (0, "steps of linear warm-up"),
+    "parallel.num_devices": (0, "devices to use; 0 = all"),
+}
+_CHOICES = {"train.best_mode": ("max", "min"), "parallel.strategy": ("jit", "pmap")}
+
+
+def _lookup(config: Any, key: str) -> Any:
+    value = config
+    for part in key.split("."):
+        if not hasattr(value, "get") or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def check_config(config: Any) -> None:
+    """Checks the ranges of the keys the core reads (``_INT_RANGES``, ``_CHOICES``, every
+    ``evals.<name>`` entry); raises ``ConfigError`` naming the key as it is typed on the command
+    line and a value that works."""
+    for key, (low, meaning) in _INT_RANGES.items():
+        value = _lookup(config, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be an integer ({meaning}).")
+        if value < low:
+            raise ConfigError(f"{key}={value} must be >= {low} ({meaning}); e.g. "
+                              f"--config.{key}={max(low, 1)}.")
+    for key, choices in _CHOICES.items():
+        value = _lookup(config, key)
+        if value is not None and value not in choices:
+            raise ConfigError(f"{key}={value!r} must be one of {', '.join(map(repr, choices))}.")
+    for name, ev in (config.get("evals") or {}).items():
+        for key, low in (("every", -1), ("batch_size", 0)):
+            value = ev.get(key, low)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"evals.{name}.{key}={value!r} must be an integer >= {low} "
+                                  "(see jaxvision/evaluators.py).")
+
+
 def load_module(path: str | Path) -> ModuleType:
     """Imports an experiment file by path (``experiments/classification.py``)."""
     path = Path(path)
@@ -87,7 +138,16 @@ def load_module(path: str | Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path.resolve())
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        del sys.modules[name]
+        line = (e.text or "").strip()
+        raise ConfigError(f"{e.filename}:{e.lineno}: syntax error in the experiment file: "
+                          f"{e.msg}" + (f"\n    {line}" if line else "")) from None
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 
@@ -240,7 +300,14 @@ def saved_config(workdir: str | Path) -> dict | None:
     path = Path(workdir) / "config.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); it was damaged or edited. Restore it, "
+                          "or pass --config with the run's experiment config.") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path} holds a {type(saved).__name__}, not a config object.")
+    return saved
 
 
 def _tupled(value: Any) -> Any:

@@ -14,6 +14,8 @@ Parameter groups are selected with regexes (``re.search``) over '/'-joined param
 
 from __future__ import annotations
 
+import warnings
+
 import difflib
 import math
 import re
@@ -216,9 +218,16 @@ def _validate_steps(cfg: ml_collections.ConfigDict, total_steps: int) -> None:
     if int(total_steps) != total_steps or total_steps <= 0:
         raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}.")
     _check_choice("schedule", cfg.schedule, SCHEDULES)
-    if cfg.warmup_steps < 0 or cfg.warmup_steps >= total_steps:
-        raise ValueError(f"optim.warmup_steps={cfg.warmup_steps} must be in [0, total_steps="
-                         f"{total_steps}).")
+    if cfg.warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps={cfg.warmup_steps} must be >= 0.")
+    if cfg.warmup_steps and cfg.warmup_steps >= total_steps:
+        # A short trial run of a config tuned for a long one (--config.train.steps=30) should
+        # work: warm up for a tenth of it instead. ``cfg`` is this call's own copy.
+        scaled = int(total_steps) // 10
+        warnings.warn(f"optim.warmup_steps={cfg.warmup_steps} is not shorter than the run "
+                      f"(train.steps={total_steps}); warming up for {scaled} steps instead. Set "
+                      f"--config.optim.warmup_steps below {total_steps} to choose.", stacklevel=3)
+        cfg.warmup_steps = scaled
     if cfg.schedule == "one_cycle" and cfg.warmup_steps:
         raise ValueError("optim.warmup_steps must be 0 with schedule='one_cycle': its first "
                          "pct_start of the steps already is the warm-up.")

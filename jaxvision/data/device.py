@@ -38,13 +38,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch_size(global_batch: int, mesh: Mesh) -> None:
-    """Raises ``DataError`` unless ``global_batch`` splits evenly over the mesh's data axis."""
+def check_batch_size(global_batch: int, mesh: Mesh, key: str = "train.batch_size") -> None:
+    """Raises ``DataError`` unless ``global_batch`` splits evenly over the mesh's data axis;
+    ``key`` is the config key that set it, for the message."""
     n = mesh.shape[DATA_AXIS]
     if global_batch % n:
-        raise DataError(f"train.batch_size={global_batch} does not divide over {n} devices "
+        raise DataError(f"{key}={global_batch} does not divide over {n} devices "
                         f"(data axis of the mesh); use a multiple of {n}, e.g. "
-                        f"--config.train.batch_size={max(n, global_batch - global_batch % n)}.")
+                        f"--config.{key}={max(n, global_batch - global_batch % n)}.")
 
 
 def put_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

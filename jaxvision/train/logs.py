@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,7 +43,10 @@ class MetricsWriter:
         self._jsonl = open(self.workdir / "metrics.jsonl", "a", buffering=1)
         try:
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+            # On resume, events after the restored step (from a run that went further than its
+            # last checkpoint) are purged, as metrics.jsonl is truncated.
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"),
+                                     purge_step=initial_step + 1 if initial_step else None)
         except ImportError:  # TensorBoard logs are a convenience; jsonl is the record
             self._tb = None
         if progress:
@@ -89,8 +94,36 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:
-    """All records of ``workdir/metrics.jsonl`` (empty if there is none)."""
+    """All records of ``workdir/metrics.jsonl`` (empty if there is none). A line that is not a
+    JSON object (cut short by a crash mid-write) is skipped with a warning."""
     path = Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            warnings.warn(f"{path}:{number} is not a JSON record; skipped.", stacklevel=2)
+    return records
+
+
+def truncate_metrics(workdir: str | Path, step: int) -> None:
+    """Drops the records of ``workdir/metrics.jsonl`` after ``step`` (atomically: a new file
+    renamed over the old one)."""
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return
+    records = read_metrics(workdir)
+    kept = [r for r in records if int(r.get("step", 0)) <= step]
+    if len(kept) == len(records):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)

@@ -14,6 +14,7 @@ import difflib
 import functools
 import json
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -25,14 +26,15 @@ from jaxvision import config as config_lib
 from jaxvision import optim
 from jaxvision.data.pipeline import make_loader
 from jaxvision.config import ConfigError, split_spec
-from jaxvision.data.source import DataError, SourceInfo, build_source
+from jaxvision.data.source import SourceInfo, build_source
 from jaxvision.evaluators import Evaluator, build_evaluators
 from jaxvision.evaluators import metric_names as evaluator_metric_names
 from jaxvision.experiment import Experiment, Setup, resolve_experiment
 from jaxvision.metrics import Accumulator
 from jaxvision.train import state as state_lib
 from jaxvision.train.checkpoint import Checkpointer
-from jaxvision.train.logs import MetricsWriter, read_metrics
+from jaxvision.train.lock import WorkdirLock
+from jaxvision.train.logs import MetricsWriter, read_metrics, truncate_metrics
 from jaxvision.train.parallel import Strategy
 from jaxvision.train.step import make_eval_step, make_train_step
 
@@ -90,6 +92,7 @@ def build(config: Any, exp: Experiment, sources: tuple[Any, Any] | None = None, 
     evaluator reading ``data.eval_split`` (e.g. the folds of ``crossval``); transforms and
     loading still follow ``config.data``.
     """
+    config_lib.check_config(config)
     n = int(config.parallel.get("num_devices", 0))
     if n and jax.process_count() > 1:
         raise TrainingError("parallel.num_devices only applies to single-process runs; leave it 0.")
@@ -105,10 +108,9 @@ def build(config: Any, exp: Experiment, sources: tuple[Any, Any] | None = None, 
     strategy.check_batch(int(config.train.batch_size))
     evaluators = build_evaluators(config)
     for ev in evaluators:
-        try:
-            strategy.check_batch(ev.batch_size)
-        except DataError as e:
-            raise DataError(f"evals.{ev.name} batch size: {e}") from None
+        key = (f"evals.{ev.name}.batch_size" if config.get("evals") and
+               int(config.evals[ev.name].get("batch_size", 0)) else "train.eval_batch_size")
+        strategy.check_batch(ev.batch_size, key)
     data = config.data
     train_source = sources[0] if sources is not None else build_source(data, data.train_split)
     split_sources = {str(data.eval_split): sources[1]} if sources is not None else {}
@@ -215,21 +217,25 @@ def predict(run: Run, device_state: Any, fn: Callable, loader: Any) -> dict[str,
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps (save, then exit cleanly).
+    """Turns SIGTERM, and a first Ctrl-C (SIGINT), into a flag the loop checks between steps
+    (save, then exit cleanly); a second Ctrl-C aborts at once (KeyboardInterrupt).
 
     With several processes they must all stop after the same step (the save is collective), so
-    JAX's preemption sync replaces the local handler: the runtime catches SIGTERM on any process
-    and ``check(step)`` turns True on every process at the same step.
+    JAX's preemption sync replaces the local handlers: the runtime catches SIGTERM on any process
+    and ``check(step)`` turns True on every process at the same step (launchers turn Ctrl-C into
+    SIGTERM for every process).
     """
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal_name: str | None = None
+        self._previous: dict = {}
         self._synced = jax.process_count() > 1
 
     def __enter__(self):
         if not self._synced and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def check(self, step: int) -> bool:
@@ -240,15 +246,25 @@ class _Preemption:
                 self.requested = multihost_utils.reached_preemption_sync_point(step)
             except RuntimeError:  # jax_enable_preemption_service is off: SIGTERM just ends the job
                 self._synced = False
+            if self.requested:
+                self.signal_name = "SIGTERM"
         return self.requested
 
     def _handle(self, signum, frame):
-        del signum, frame
+        del frame
+        if signum == signal.SIGINT:
+            if self.requested:
+                raise KeyboardInterrupt
+            print("\n[jaxvision] Ctrl-C: saving a checkpoint after this step, then stopping "
+                  "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+            self.signal_name = "Ctrl-C (SIGINT)"
+        else:
+            self.signal_name = "SIGTERM"
         self.requested = True
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def _check_resume_config(config: Any, meta: dict | None, force: bool) -> None:
@@ -260,7 +276,7 @@ def _check_resume_config(config: Any, meta: dict | None, force: bool) -> None:
     new.get("train", {}).pop("steps", None)
     lines = config_lib.diff(old, new)
     if lines and not force:
-        raise TrainingError("the workdir holds a run with a different config:\n  " + "\n  ".join(lines)
+        raise config_lib.ConfigError("the workdir holds a run with a different config:\n  " + "\n  ".join(lines)
                             + "\nUse another --workdir, undo the change, or pass --force to resume "
                             "anyway (only train.steps may change freely).")
 
@@ -296,6 +312,12 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
         with config.unlocked():
             config.experiment = f"{split_spec(exp.spec)[0]}:{split_spec(recorded or exp.spec)[1]}"
     run = build(config, exp, sources)
+    with WorkdirLock(workdir):
+        return _train(run, workdir, force=force, progress=progress, stop_at=stop_at)
+
+
+def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int | None) -> dict:
+    config, exp = run.config, run.exp
     is_main = jax.process_index() == 0
     tc = config.train
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=int(tc.keep_checkpoints),
@@ -305,11 +327,25 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
     data_state, restored_step = None, None
     transfer_note = ""
     host_state = run.state
+    total = int(tc.steps)
     if ckpt.latest_step() is not None:
         _check_resume_config(config, ckpt.restore_meta(), force)
         restored = _restore(run, ckpt)
         host_state, data_state = restored.state, restored.data_state
         restored_step = restored.step
+        if restored_step > total:
+            ckpt.close()
+            raise config_lib.ConfigError(
+                f"the run in {workdir} is already at step {restored_step}, past train.steps="
+                f"{total}; raise --config.train.steps to continue it, or use another --workdir.")
+        final = [r for r in read_metrics(workdir) if r.get("split") == "eval"
+                 and r.get("step") == total]
+        if restored_step == total and final:
+            ckpt.close()
+            if is_main:
+                print(f"[jaxvision] nothing to do: the run in {workdir} finished its {total} "
+                      "steps (raise --config.train.steps to continue it)", file=sys.stderr)
+            return {k: v for k, v in final[-1].items() if k not in ("step", "split", "time")}
     elif config.get("transfer") is not None and config.transfer.workdir:
         from jaxvision.train import transfer  # only a fresh run starts from another run's weights
         host_state, transfer_note = transfer.transfer_state(config.transfer, host_state,
@@ -318,7 +354,10 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(json.dumps(meta["config"], indent=2))
     start = int(host_state.step)
-    total = int(tc.steps)
+    if is_main and start:
+        # The logs describe the state on disk: records after the restored step (written by a
+        # run that stopped later than its last usable checkpoint) are dropped.
+        truncate_metrics(workdir, start)
     writer = MetricsWriter(workdir, total_steps=total, initial_step=start, enabled=is_main,
                            progress=progress)
     if start:
@@ -412,7 +451,7 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
                     flush_train(step)
                     save(step, force_save=True)
                     ckpt.wait()
-                    why = "SIGTERM" if preempt.requested else f"stop_at={stop_at}"
+                    why = preempt.signal_name or f"stop_at={stop_at}"
                     writer.message(f"{why}: saved a checkpoint at step {step} and stopped")
                     writer.close()
                     ckpt.close()
@@ -455,7 +494,12 @@ def restore_checkpoints(run: Run, workdir: str | Path, checkpoints: Sequence[Any
     """Restores each of ``checkpoints`` ('latest' or None, 'best', a step) of the run in
     ``workdir`` into ``run.state``'s structure; returns the ``Restored`` records in order."""
     config = run.config
-    ckpt = Checkpointer(Path(workdir) / "checkpoints", async_save=False, max_to_keep=None,
+    directory = Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        # Reading must not create folders in someone's workdir (orbax would).
+        raise FileNotFoundError(f"no checkpoints in {directory}; train first with `python -m "
+                                "jaxvision train --config ... --workdir ...`.")
+    ckpt = Checkpointer(directory, async_save=False, max_to_keep=None,
                         best_metric=str(config.train.best_metric) or None,
                         best_mode=str(config.train.best_mode))
     try:

@@ -43,8 +43,8 @@ class Strategy:
     def num_devices(self) -> int:
         return self.mesh.devices.size
 
-    def check_batch(self, global_batch: int) -> None:
-        check_batch_size(global_batch, self.mesh)
+    def check_batch(self, global_batch: int, key: str = "train.batch_size") -> None:
+        check_batch_size(global_batch, self.mesh, key)
 
     def put_state(self, state: Any) -> Any:
         if self.name == "jit":

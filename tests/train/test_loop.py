@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxvision.config import get_config
+from jaxvision.config import ConfigError, get_config
 from jaxvision.experiment import load_experiment
 from jaxvision.train import loop
 from jaxvision.train.checkpoint import Checkpointer
@@ -113,7 +113,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, 
 
 def test_resume_with_a_changed_config_refuses_without_force(tmp_path, exp):
     loop.train(tiny("train.steps=4"), tmp_path, experiment=exp, progress=False)
-    with pytest.raises(loop.TrainingError, match=r"optim.lr: 0.05 -> 0.1"):
+    with pytest.raises(ConfigError, match=r"optim.lr: 0.05 -> 0.1"):
         loop.train(tiny("train.steps=6", "optim.lr=0.1"), tmp_path, experiment=exp, progress=False)
     loop.train(tiny("train.steps=6", "optim.lr=0.1"), tmp_path, experiment=exp, progress=False,
                force=True)

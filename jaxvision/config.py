@@ -85,7 +85,8 @@ _INT_RANGES = {
     "optim.warmup_steps": (0, "steps of linear warm-up"),
     "parallel.num_devices": (0, "devices to use; 0 = all"),
 }
-_CHOICES = {"train.best_mode": ("max", "min"), "parallel.strategy": ("jit", "pmap")}
+_CHOICES = {"train.best_mode": (("max", "min"), "whether a larger train.best_metric is better"),
+            "parallel.strategy": (("jit", "pmap"), "how steps are compiled over the devices")}
 
 
 def _lookup(config: Any, key: str) -> Any:
@@ -98,22 +99,13 @@ def _lookup(config: Any, key: str) -> Any:
 
 
 def check_config(config: Any) -> None:
-    """Checks the ranges of the keys the core reads (``_INT_RANGES``, ``_CHOICES``, every
-    ``evals.<name>`` entry); raises ``ConfigError`` naming the key as it is typed on the command
-    line and a value that works."""
-    for key, (low, meaning) in _INT_RANGES.items():
-        value = _lookup(config, key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}={value!r} must be an integer ({meaning}).")
-        if value < low:
-            raise ConfigError(f"{key}={value} must be >= {low} ({meaning}); e.g. "
-                              f"--config.{key}={max(low, 1)}.")
-    for key, choices in _CHOICES.items():
-        value = _lookup(config, key)
-        if value is not None and value not in choices:
-            raise ConfigError(f"{key}={value!r} must be one of {', '.join(map(repr, choices))}.")
+    """Checks the ranges of the keys the core reads (``_INT_RANGES``, ``_CHOICES``, the ``data``
+    block, every ``evals.<name>`` entry); raises ``ConfigError`` (``DataError`` for ``data``
+    keys) naming the key as it is typed on the command line and a value that works."""
+    from jaxvision.data.config import check_data_config, check_ranges
+    check_ranges(lambda key: _lookup(config, key), _INT_RANGES, _CHOICES, error=ConfigError)
+    if config.get("data") is not None:
+        check_data_config(config.data)
     for name, ev in (config.get("evals") or {}).items():
         for key, low in (("every", -1), ("batch_size", 0)):
             value = ev.get(key, low)
@@ -164,7 +156,7 @@ def normalize_spec(spec: str) -> str:
 
 # Keys added to base_config after runs were already saved without them: a saved config that
 # lacks one is read as holding this value (its behaviour then), so old workdirs keep resuming.
-_ADDED_KEYS = {"evals": {}}
+_ADDED_KEYS = {"evals": {}, "data.bad_examples": "error", "data.max_pixels": 50_000_000}
 
 
 def migrate(saved: dict, current: dict) -> dict:
@@ -172,9 +164,14 @@ def migrate(saved: dict, current: dict) -> dict:
 
     ``experiment`` missing from an old run's config is taken from ``current`` (the spec the
     user gave for it now)."""
-    out = dict(saved)
+    out = json.loads(json.dumps(saved))   # a deep copy
     for key, value in _ADDED_KEYS.items():
-        out.setdefault(key, value)
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(leaf, value)
     if not out.get("experiment") and current.get("experiment"):
         out["experiment"] = current["experiment"]
     return out

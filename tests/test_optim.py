@@ -409,7 +409,7 @@ def test_ema_update_lies_between(decay, e, p):
     (dict(schedule="step", boundaries=(0.05,), warmup_steps=10), r"inside the warm-up"),
     (dict(schedule="exponential"), r"decay_rate"),
     (dict(schedule="one_cycle", warmup_steps=5), r"warmup_steps must be 0"),
-    (dict(warmup_steps=100), r"warmup_steps=100"),
+    (dict(warmup_steps=-1), r"warmup_steps=-1 must be >= 0"),
     (dict(lr_multipliers=("head",)), r"'regex=multiplier'"),
     (dict(lr_multipliers=("head=fast",)), r"multiplier 'fast' is not a number"),
     (dict(lr_multipliers=("head=-1",)), r"multiplier >= 0"),

@@ -37,6 +37,11 @@ view, ``right[y, x] == left[y, x + disparity_right[y, x]]``. Pixels with unknown
 ``INVALID_DISPARITY`` (any negative value counts as invalid: test with ``disparity_valid``).
 
 **Masks.** ``IGNORE_LABEL`` marks pixels a loss and a metric skip (e.g. the trimap border).
+
+**Values.** ``validate_example`` checks values too (``invalid_values``): ids are >= 0 and below
+the source's count (``label`` < ``num_classes``, ...), masks may also hold ``IGNORE_LABEL``,
+``instance_mask`` ids index ``boxes``, boxes are finite with ``y0 <= y1`` and ``x0 <= x1``, and
+disparities are finite.
 """
 
 from __future__ import annotations
@@ -72,10 +77,34 @@ SPEC: dict[str, tuple[int, np.dtype]] = {
 SPATIAL_KEYS = ("image", "mask", "instance_mask", "image_right", "disparity", "disparity_right")
 # Keys that are images (uint8, channels last): photometric transforms touch only these.
 IMAGE_KEYS = ("image", "image_right")
+# Keys holding integer ids; a source must store them as integers (a float 0.5 would truncate).
+ID_KEYS = ("label", "identity", "box_classes", "mask", "instance_mask")
+# Id key -> the SourceInfo count that bounds it (None: only the lower bound is checked).
+ID_LIMITS = {"label": "num_classes", "identity": "num_identities",
+             "box_classes": "num_box_classes", "mask": "num_mask_classes", "instance_mask": None}
 
 
-class ExampleError(ValueError):
-    """An example breaks the conventions above; the message names the key and the fix."""
+class DataError(ValueError):
+    """Bad data configuration or input; the message says what is wrong and how to fix it.
+
+    Defined here so that ``ExampleError`` is one; import it from ``jaxvision.data.source``.
+    """
+
+
+class ExampleError(DataError):
+    """An example breaks the conventions above; the message names the key and the fix.
+
+    ``key`` is the offending key (None when the example as a whole is wrong) and ``detail`` the
+    message without its ``where`` prefix, so that a file source can restate it naming its file.
+    """
+
+    def __init__(self, message: str, key: str | None = None, detail: str | None = None):
+        super().__init__(message)
+        self.key, self.detail = key, message if detail is None else detail
+
+    def __reduce__(self) -> tuple:
+        # Grain pickles exceptions raised in worker processes; keep every field.
+        return type(self), (str(self), self.key, self.detail)
 
 
 def disparity_valid(disparity: np.ndarray) -> np.ndarray:
@@ -83,41 +112,118 @@ def disparity_valid(disparity: np.ndarray) -> np.ndarray:
     return np.isfinite(disparity) & (disparity >= 0)
 
 
-def validate_example(example: Mapping[str, Any], *, where: str = "example") -> Example:
-    """Checks ``example`` against ``SPEC`` and returns it unchanged.
+def invalid_values(key: str, values: Any, limit: int | None = None) -> tuple[np.ndarray, str]:
+    """Returns ``(bad, expected)`` for the values of ``key``: ``bad`` is a bool array, True where a
+    value breaks the conventions, and ``expected`` says what is allowed instead.
 
-    Raises ``ExampleError`` naming the key, the shape or dtype found, what was expected, and
-    where the example came from (``where``, e.g. ``"mnist[train][17]"``).
+    ``values`` may hold one example or many (leading axes, e.g. a whole ``.npz`` array). For
+    ``boxes`` there is one flag per ``[y0, x0, y1, x1]`` row. ``limit`` bounds the ids of an
+    ``ID_KEYS`` key (a ``SourceInfo`` count, None = unknown). Keys without a value rule (images)
+    give an all-False array.
     """
+    values = np.asarray(values)
+    if key in ID_KEYS:
+        top = f"in [0, {limit})" if limit is not None else ">= 0"
+        ok = (values >= 0) & (values < limit) if limit is not None else values >= 0
+        if key == "mask":
+            return ~ok & (values != IGNORE_LABEL), f"a class id {top} or IGNORE_LABEL ({IGNORE_LABEL})"
+        if key == "instance_mask":
+            return ~ok, "0 (no instance) or k >= 1, the object of boxes[k - 1]"
+        return ~ok, f"an id {top}"
+    if key == "boxes":
+        if values.shape[-1:] != (4,):
+            return np.zeros(values.shape[:-1], bool), ""
+        y0, x0, y1, x1 = np.moveaxis(values, -1, 0)
+        ok = np.isfinite(values).all(-1) & (y0 <= y1) & (x0 <= x1)
+        return ~ok, "finite [y0, x0, y1, x1] with y0 <= y1 and x0 <= x1 (pixels)"
+    if key in ("disparity", "disparity_right"):
+        return ~np.isfinite(values), ("a finite disparity in pixels, INVALID_DISPARITY "
+                                      f"({INVALID_DISPARITY:g}) if unknown")
+    return np.zeros(values.shape, bool), ""
+
+
+# Keys with value rules in ``invalid_values`` (the others are checked for shape and dtype only).
+VALUE_KEYS = ID_KEYS + ("boxes", "disparity", "disparity_right")
+
+
+def _plainly_valid(key: str, values: np.ndarray, limit: int | None) -> bool:
+    """A fast check that passes most valid values without ``invalid_values``' full masks (this
+    runs on every example): ids by their min and max, disparities by one ``isfinite``."""
+    if values.size == 0:
+        return True
+    if key in ID_KEYS and values.dtype.kind in "biu":
+        low = IGNORE_LABEL if key == "mask" else 0
+        return bool(values.min() >= low and (limit is None or values.max() < limit))
+    if key in ("disparity", "disparity_right"):
+        return bool(np.isfinite(values).all())
+    return False
+
+
+def first_invalid(key: str, values: Any, limit: int | None = None) -> str | None:
+    """Returns a description of the first value of ``key`` that ``invalid_values`` refuses
+    (value, position, what is expected), or None if every value is valid."""
+    values = np.asarray(values)
+    if _plainly_valid(key, values, limit):
+        return None
+    bad, expected = invalid_values(key, values, limit)
+    if not bad.any():
+        return None
+    pos = tuple(int(i) for i in np.argwhere(bad)[0])
+    at = "" if not pos else f" at index {pos[0]}" if len(pos) == 1 else f" at position {pos}"
+    return f"'{key}' holds {values[pos].tolist()!r}{at}; expected {expected}"
+
+
+def validate_example(example: Mapping[str, Any], *, where: str = "example",
+                     info: Any = None) -> Example:
+    """Checks ``example`` against ``SPEC`` and the value rules of ``invalid_values``; returns it
+    unchanged.
+
+    ``info`` (a ``SourceInfo``, optional) bounds the ids: ``label`` < ``num_classes`` and so on.
+    Raises ``ExampleError`` naming the key, the shape, dtype or value found, what was expected,
+    and where the example came from (``where``, e.g. ``"mnist[train][17]"``).
+    """
+    def fail(detail: str, key: str | None = None) -> ExampleError:
+        return ExampleError(f"{where}: {detail}", key, detail)
+
     if "image" not in example:
-        raise ExampleError(f"{where}: has no 'image' key (keys: {sorted(example)}); every "
-                           "source must produce an (H, W, C) uint8 'image'.")
+        raise fail(f"has no 'image' key (keys: {sorted(example)}); every source must produce an "
+                   "(H, W, C) uint8 'image'.")
     for key, value in example.items():
         if key not in SPEC:
             continue  # extra keys are allowed and passed through untouched
         rank, dtype = SPEC[key]
         arr = np.asarray(value)
         if arr.ndim != rank:
-            raise ExampleError(f"{where}: '{key}' has shape {arr.shape} (rank {arr.ndim}); "
-                               f"expected rank {rank}. See jaxvision/data/example.py for the layouts.")
+            raise fail(f"'{key}' has shape {arr.shape} (rank {arr.ndim}); expected rank {rank}. "
+                       "See jaxvision/data/example.py for the layouts.", key)
         if arr.dtype != dtype:
-            raise ExampleError(f"{where}: '{key}' has dtype {arr.dtype}; expected {dtype}. "
-                               f"Convert it at the source (e.g. np.asarray(x, np.{dtype.name})).")
+            raise fail(f"'{key}' has dtype {arr.dtype}; expected {dtype}. Convert it at the source "
+                       f"(e.g. np.asarray(x, np.{dtype.name})).", key)
     image = np.asarray(example["image"])
     h, w, c = image.shape
     if c not in (1, 3):
-        raise ExampleError(f"{where}: 'image' has {c} channels (shape {image.shape}); expected 1 or 3 "
-                           "(NHWC, channels last). Drop alpha / convert to RGB at the source.")
+        raise fail(f"'image' has {c} channels (shape {image.shape}); expected 1 or 3 (NHWC, "
+                   "channels last). Drop alpha / convert to RGB at the source.", "image")
     for key in SPATIAL_KEYS:
         if key in example and np.shape(example[key])[:2] != (h, w):
-            raise ExampleError(f"{where}: '{key}' has spatial shape {np.shape(example[key])[:2]} but "
-                               f"'image' is {(h, w)}; every spatial target must match the image.")
+            raise fail(f"'{key}' has spatial shape {np.shape(example[key])[:2]} but 'image' is "
+                       f"{(h, w)}; every spatial target must match the image.", key)
     if "boxes" in example:
         boxes = np.asarray(example["boxes"])
         if boxes.shape[-1] != 4:
-            raise ExampleError(f"{where}: 'boxes' has shape {boxes.shape}; expected (N, 4) as "
-                               "[y0, x0, y1, x1] in pixels.")
+            raise fail(f"'boxes' has shape {boxes.shape}; expected (N, 4) as [y0, x0, y1, x1] in "
+                       "pixels.", "boxes")
         if "box_classes" in example and np.shape(example["box_classes"])[0] != boxes.shape[0]:
-            raise ExampleError(f"{where}: {boxes.shape[0]} boxes but "
-                               f"{np.shape(example['box_classes'])[0]} box_classes.")
+            raise fail(f"{boxes.shape[0]} boxes but {np.shape(example['box_classes'])[0]} "
+                       "box_classes.", "box_classes")
+    for key in example:
+        if key not in VALUE_KEYS:
+            continue
+        count = ID_LIMITS.get(key)
+        limit = getattr(info, count, None) if count else None
+        if key == "instance_mask" and "boxes" in example:
+            limit = len(example["boxes"]) + 1
+        problem = first_invalid(key, example[key], limit)
+        if problem:
+            raise fail(problem + ".", key)
     return dict(example)

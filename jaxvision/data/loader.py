@@ -17,24 +17,44 @@ index])``, so augmentation does not depend on the process count or on worker sch
 Loading runs on grain (``MapDataset`` -> ``batch`` -> ``IterDataset`` with optional
 ``mp_prefetch`` worker processes). The iterator's ``get_state`` / ``set_state`` save and restore
 the position exactly.
+
+**Bad examples.** A file source raises ``BadExample`` for an example whose file cannot be read
+or whose values break the conventions.
+With ``bad_examples='error'`` (the default) that error stops the iteration (grain re-raises it
+as it is, from worker processes too). With ``'skip'`` the example is replaced by the next good
+index (wrapping around): the same choice in every epoch, process and worker, since it depends
+only on the files. In eval mode the replacement's ``valid`` is False, so metrics count each good
+example exactly once. ``Loader.skipped()`` reports the bad examples this process has met.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Iterator, Sequence
+import warnings
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import grain
 import numpy as np
 
+from jaxvision.data.config import BAD_EXAMPLES
 from jaxvision.data.example import Example, validate_example
-from jaxvision.data.source import DataError, Source
+from jaxvision.data.source import BadExample, DataError, Source, next_good
 
 Transform = Callable[[Example, np.random.Generator], Example]
 
 # Train iterators are "infinite": grain needs a length, and 2**40 slots is ~34 billion steps.
 _INFINITE = 2**40
+# Batch key (under 'skip' only) carrying, per slot, the index of the bad example it replaces or
+# -1; the loader removes it in the main process, where it counts the bad examples.
+_SKIPPED = "_skipped"
+
+
+class Skipped(NamedTuple):
+    """Bad examples skipped so far (``Loader.skipped()``), in index order."""
+
+    count: int                 # distinct bad examples of the source met by this process
+    files: tuple[str, ...]     # the file at fault of each (one per example)
 
 
 def _identity_transform(example: Example, rng: np.random.Generator) -> Example:
@@ -131,18 +151,33 @@ class _LoadSlot:
     """Maps a process-local slot number to a transformed example (grain map function)."""
 
     def __init__(self, source: Source, order: Order, transform: Transform, local_batch: int,
-                 process_index: int, where: str):
+                 process_index: int, where: str, skip: bool = False):
         self.source, self.order, self.transform = source, order, transform
         self.local_batch, self.process_index, self.where = local_batch, process_index, where
+        self.skip = skip
+        self._bad: dict[int, str] = {}  # bad index -> its error, as met by this process or worker
+
+    def _read(self, index: int) -> tuple[int, Example]:
+        """Returns ``(i, example i)`` for ``i = index``, or under 'skip' for its stand-in if
+        example ``index`` is bad (``next_good``)."""
+        if not self.skip:
+            return index, self._check(index, self.source[index])
+        return next_good(self.source, index, self._bad, self._check)
+
+    def _check(self, index: int, example: Example) -> Example:
+        return validate_example(example, where=f"{self.where}[{index}]", info=self.source.info)
 
     def __call__(self, slot: int) -> Example:
         step, offset = divmod(int(slot), self.local_batch)
         index, epoch, valid = self.order.index(step, self.process_index * self.local_batch + offset)
-        example = validate_example(self.source[index], where=f"{self.where}[{index}]")
-        rng = np.random.default_rng([self.order.seed, epoch, index])
+        used, example = self._read(index)
+        rng = np.random.default_rng([self.order.seed, epoch, used])
         example = self.transform(example, rng)
-        example["index"] = np.int64(index)
-        example["valid"] = np.bool_(valid)
+        example["index"] = np.int64(used)
+        # A replacement repeats another example: eval must not count it twice.
+        example["valid"] = np.bool_(valid and (used == index or self.order.mode == "train"))
+        if self.skip:
+            example[_SKIPPED] = np.int64(-1 if used == index else index)
         return example
 
 
@@ -195,13 +230,17 @@ class Loader:
 
     ``iter(loader)`` starts at step 0; ``loader.iterator(state)`` resumes from a state saved with
     ``get_state()`` on a previous iterator. ``len(loader)`` is the number of batches in eval mode
-    (one pass) and per epoch in train mode.
+    (one pass) and per epoch in train mode. ``bad_examples`` is 'error' or 'skip' (see the
+    module docstring); ``skipped()`` reports what was skipped.
     """
 
     def __init__(self, source: Source, *, global_batch: int, seed: int = 0, mode: str = "train",
                  transform: Transform | None = None, max_boxes: int = 16, sampler: str = "random",
                  pk: tuple[int, int] = (8, 4), process_index: int = 0, process_count: int = 1,
-                 num_workers: int = 0, prefetch: int = 2):
+                 num_workers: int = 0, prefetch: int = 2, bad_examples: str = "error"):
+        if bad_examples not in BAD_EXAMPLES:
+            raise DataError(f"data.bad_examples={bad_examples!r} must be one of "
+                            f"{', '.join(map(repr, BAD_EXAMPLES))}.")
         if global_batch % process_count:
             raise DataError(f"train.batch_size={global_batch} does not divide over "
                             f"{process_count} processes; use a multiple of {process_count}.")
@@ -218,8 +257,34 @@ class Loader:
         self.num_workers, self.prefetch = num_workers, prefetch
         where = f"{source.info.name}[{source.info.split}]"
         self._load = _LoadSlot(source, self.order, transform or _identity_transform,
-                               self.local_batch, process_index, where)
+                               self.local_batch, process_index, where, bad_examples == "skip")
         self._collate = _Collate(max_boxes, where)
+        self._skipped: dict[int, str] = {}  # bad index -> its file, met by this process
+
+    def skipped(self) -> Skipped:
+        """Returns the bad examples skipped so far under ``bad_examples='skip'`` by this
+        process's iterators (each counted once, however often it was met); empty under 'error'.
+
+        Each process loads only its slice of every batch, so in a multi-process run the counts
+        of the processes add up (an eval pass meets every bad example of the split exactly once
+        over all processes).
+        """
+        indices = sorted(self._skipped)
+        return Skipped(len(indices), tuple(self._skipped[i] for i in indices))
+
+    def _tally(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Removes the skip marks from ``batch`` (in the main process) and records the bad
+        examples they name, warning once for each."""
+        for index in np.unique(batch.pop(_SKIPPED)).tolist():
+            if index >= 0 and index not in self._skipped:
+                try:  # the worker that met it holds the error; reading again names the file
+                    self.source[index]
+                    path, what = f"{self._load.where}[{index}]", "read without error on a second try"
+                except BadExample as e:
+                    path, what = e.path, e.what
+                self._skipped[index] = path
+                warnings.warn(f"data.bad_examples='skip': skipped {what}.")
+        return batch
 
     def __len__(self) -> int:
         return self.order.steps_per_epoch
@@ -242,6 +307,8 @@ class Loader:
             if not flags.FLAGS.is_parsed():
                 flags.FLAGS.mark_as_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers))
+        if self._load.skip:
+            it = it.map(self._tally)  # after mp_prefetch: runs in this process, sees every batch
         return it
 
     def iterator(self, state: dict[str, Any] | None = None) -> grain.DatasetIterator:

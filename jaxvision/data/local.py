@@ -5,22 +5,33 @@
 (``source.build_source`` applies slices). Each source indexes its files when built and decodes
 one example per ``__getitem__``, so building is cheap and the objects pickle small (grain worker
 processes pickle them). Examples follow ``jaxvision.data.example``.
+
+A file that cannot be read (empty, truncated, not an image, more pixels than ``data.max_pixels``,
+an unparsable annotation) or an example whose values break the conventions raises
+``BadExample`` naming the example and the file; the loader skips it under
+``data.bad_examples='skip'``. Under 'skip', what a source reads when it is built (class counts,
+the largest disparity) leaves such files out instead of raising.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
 
-from jaxvision.data.example import (IGNORE_LABEL, INVALID_DISPARITY, SPEC, Example,
+from jaxvision.data.config import BAD_EXAMPLES, MAX_PIXELS
+from jaxvision.data.example import (ID_KEYS, ID_LIMITS, IGNORE_LABEL, INVALID_DISPARITY, SPEC,
+                                    Example, ExampleError, first_invalid, invalid_values,
                                     validate_example)
-from jaxvision.data.source import DataError, SourceInfo
+from jaxvision.data.source import BadExample, DataError, SourceInfo
+
+T = TypeVar("T")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".pbm", ".bmp", ".gif", ".tif",
                   ".tiff", ".webp")
@@ -45,13 +56,73 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def read_image(path: Path | str, channels: int) -> np.ndarray:
+class BadFile(DataError):
+    """The file at ``path`` cannot be read; ``reason`` says why (one line)."""
+
+    def __init__(self, path: Path | str, reason: str):
+        super().__init__(f"{str(path)!r}: {reason}")
+        self.path, self.reason = str(path), reason
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.reason)
+
+
+def _why(path: Path, error: Exception) -> str:
+    """Returns one line saying why reading ``path`` raised ``error``."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return "is missing or unreadable (moved or deleted after the source was built?)"
+    if size == 0:
+        return "is empty (0 bytes)"
+    if isinstance(error, Image.UnidentifiedImageError):
+        return f"is not an image PIL can read ({size} bytes of an unknown format)"
+    return f"cannot be read ({type(error).__name__}: {_one_line(error, path)})"
+
+
+def _one_line(error: Exception, path: Path | str) -> str:
+    """Returns ``error``'s message on one line, without the path (the caller names it)."""
+    return " ".join(str(error).replace(str(path), "<file>").split()).rstrip(".")
+
+
+@contextlib.contextmanager
+def _reading(path: Path | str) -> Iterator[None]:
+    """Turns any error raised while reading ``path`` into a ``BadFile`` naming it: decoders
+    raise many types (OSError, SyntaxError, ValueError, zlib.error, ...) for one bad file."""
+    try:
+        yield
+    except BadFile:
+        raise
+    except Exception as e:
+        raise BadFile(path, _why(Path(path), e)) from e
+
+
+@contextlib.contextmanager
+def _open_image(path: Path | str, max_pixels: int) -> Iterator[Image.Image]:
+    """Opens the image at ``path`` (header only) and refuses it if width x height >
+    ``max_pixels``, before anything is decoded; errors raise ``BadFile``."""
+    with _reading(path):
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as e:  # PIL's own limit, checked on opening
+            raise BadFile(path, f"is refused by PIL before decoding ({_one_line(e, path)}); "
+                                f"data.max_pixels={max_pixels:,}") from e
+        with im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise BadFile(path, f"is {w}x{h} = {w * h:,} pixels, more than data.max_pixels="
+                                    f"{max_pixels:,} (raise data.max_pixels if the image is genuine)")
+            yield im
+
+
+def read_image(path: Path | str, channels: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Returns the image at ``path`` as (H, W, channels) uint8, ``channels`` 1 (gray) or 3 (RGB).
 
     PIL opens by content, not by suffix, so a GIF or an RGBA PNG named ``.jpg`` loads too; the
-    first frame is used and alpha is dropped.
+    first frame is used and alpha is dropped. Raises ``BadFile`` (a ``DataError`` naming the
+    file) for a file that cannot be decoded or has more than ``max_pixels`` pixels.
     """
-    with Image.open(path) as im:
+    with _open_image(path, max_pixels) as im:
         im.seek(0)
         if im.mode == "P" and "transparency" in im.info:
             im = im.convert("RGBA")  # palette transparency would warn on a direct convert
@@ -63,9 +134,15 @@ def read_image(path: Path | str, channels: int) -> np.ndarray:
     return arr[..., None] if channels == 1 else arr
 
 
-def _image_channels(path: Path) -> int:
+def _read_raw_image(path: Path, max_pixels: int) -> np.ndarray:
+    """Returns the stored values of the image at ``path`` (a label map: no colour conversion)."""
+    with _open_image(path, max_pixels) as im:
+        return np.asarray(im)
+
+
+def _image_channels(path: Path, max_pixels: int) -> int:
     """Returns 1 if the image at ``path`` is grayscale, else 3 (reads the header only)."""
-    with Image.open(path) as im:
+    with _open_image(path, max_pixels) as im:
         return 1 if im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "F") else 3
 
 
@@ -97,24 +174,59 @@ def _unknown_split(kind: str, split: str, splits: Sequence[str], path: Path) -> 
 
 
 class _FileSource:
-    """Random-access base: subclasses set ``info`` and ``_n`` and implement ``_load(i)``;
-    ``__getitem__`` checks every example with ``validate_example``."""
+    """Random-access base: subclasses call ``_options`` first, set ``info`` and ``_n``, and
+    implement ``_load(i)`` and ``_example_files(i)``. ``__getitem__`` checks every example with
+    ``validate_example`` and turns a bad file or a bad value into a ``BadExample``."""
 
+    kind: str
     info: SourceInfo
     _n: int
+    _split: str
+    _max_pixels: int = MAX_PIXELS
+    _skip: bool = False
+
+    def _options(self, split: str, max_pixels: int, bad_examples: str) -> None:
+        if bad_examples not in BAD_EXAMPLES:
+            raise DataError(f"data.bad_examples={bad_examples!r} must be one of "
+                            f"{', '.join(map(repr, BAD_EXAMPLES))}.")
+        self._split, self._max_pixels, self._skip = split, int(max_pixels), bad_examples == "skip"
 
     def __len__(self) -> int:
         return self._n
 
+    def _where(self, index: int) -> str:
+        return f"{self.kind}[{self._split}][{index}]"
+
     def __getitem__(self, index: int) -> Example:
         index = int(index)
         if not 0 <= index < self._n:
-            raise IndexError(f"index {index} out of range for {self.info.name}[{self.info.split}] "
-                             f"of length {self._n}")
-        return validate_example(self._load(index),
-                                where=f"{self.info.name}[{self.info.split}][{index}]")
+            raise IndexError(f"index {index} out of range for {self.kind}[{self._split}] of "
+                             f"length {self._n}")
+        where = self._where(index)
+        try:
+            return validate_example(self._load(index), where=where, info=self.info)
+        except BadFile as e:
+            raise BadExample(where, index, e.path, e.reason) from e
+        except ExampleError as e:
+            files = self._example_files(index)
+            raise BadExample(where, index, files.get(e.key, files["image"]), e.detail.rstrip(".")) from e
+
+    def _scan(self, index: int, read: Callable[[], T]) -> T | None:
+        """Returns ``read()``, a read of example ``index``'s files while the source is built.
+        A bad file raises ``BadExample``, or under 'skip' gives None: the example is skipped
+        when it is loaded."""
+        try:
+            return read()
+        except BadFile as e:
+            if self._skip:
+                return None
+            raise BadExample(self._where(index), index, e.path, e.reason) from e
 
     def _load(self, index: int) -> Example:
+        raise NotImplementedError
+
+    def _example_files(self, index: int) -> dict[str, Path]:
+        """Returns ``{example key: the file it is read from}``; holds at least ``image``."""
         raise NotImplementedError
 
 
@@ -153,20 +265,57 @@ def _npz_key(name: str) -> tuple[str, str] | None:
     return None
 
 
+def _top(array: np.ndarray) -> float | None:
+    """Returns the largest finite value of ``array``, None if it has none."""
+    array = np.asarray(array)
+    if array.dtype.kind == "f":
+        array = array[np.isfinite(array)]
+    return float(array.max()) if array.size else None
+
+
+@contextlib.contextmanager
+def _npz_errors(path: Path) -> Iterator[None]:
+    """Turns an error while loading arrays of ``path`` into a ``DataError`` naming it; the whole
+    file is damaged then, so no example could be skipped in its place."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"npz: {str(path)!r} {_why(path, e)}; the file is damaged: write it again "
+                        "(np.savez).") from e
+
+
 class NpzSource(_FileSource):
     """Examples stored as arrays in one ``.npz`` (see the module docstring for the layouts).
 
     Class counts (``num_classes`` etc.) are ``len(class_names)`` where given, else the largest id
     over all splits + 1, so that every split of one file agrees.
+
+    The split's target arrays are checked when the source is built: ids (``ID_KEYS``) must be
+    integers (a float array only with whole values), in range (``invalid_values``); boxes finite
+    with y0 <= y1 and x0 <= x1; disparities finite. The first violation raises ``BadExample``
+    naming the file, the array, the example and the value; under 'skip' every offending example
+    is skipped when loaded. Object and string arrays are refused outright.
     """
 
-    def __init__(self, path: Path, split: str):
-        self._path, self._split, self._arrays = path, split, None
+    kind = "npz"
+
+    def __init__(self, path: Path, split: str, *, max_pixels: int = MAX_PIXELS,
+                 bad_examples: str = "error"):
+        self._options(split, max_pixels, bad_examples)
+        self._path, self._arrays = path, None
         try:
             shapes = _npz_shapes(path)
         except (zipfile.BadZipFile, ValueError, OSError) as e:
             raise DataError(f"npz: cannot read {str(path)!r} ({e}); data.path must be {_NPZ_LAYOUT}.") from e
         keyed = {n: sk for n in shapes if (sk := _npz_key(n)) is not None}
+        for n, (_, key) in keyed.items():
+            dtype = shapes[n][1]
+            if key not in ("image", "image_right") and dtype.kind not in "biuf":
+                raise DataError(f"npz: array '{n}' ({key}) in {str(path)!r} has dtype {dtype}; "
+                                f"expected {'integers' if key in ID_KEYS else 'numbers'} (object "
+                                "and string arrays cannot be read): store it with a numeric dtype.")
         splits = sorted({s for s, k in keyed.values() if k == "image"})
         # Array name in the file -> example key, for this split; x_/y_ win over <split>_image/label.
         self._names: dict[str, str] = {}
@@ -179,36 +328,73 @@ class NpzSource(_FileSource):
         if len(set(counts.values())) != 1:
             raise DataError(f"npz: arrays of split {split!r} in {str(path)!r} have different "
                             f"example counts {counts}; each needs one row per example.")
-        image_name = next(n for n, k in self._names.items() if k == "image")
-        shape, dtype = shapes[image_name]
-        if dtype != np.uint8 or len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] not in (1, 3, 4)):
-            raise DataError(f"npz: '{image_name}' in {str(path)!r} is {dtype} {shape}; expected uint8 "
-                            "(N, H, W) or (N, H, W, C) with C in 1, 3, 4 (alpha is dropped).")
-        self._n = counts[image_name]
+        for name, key in self._names.items():
+            shape, dtype = shapes[name]
+            if key in ("image", "image_right") and (
+                    dtype != np.uint8 or len(shape) not in (3, 4)
+                    or (len(shape) == 4 and shape[-1] not in (1, 3, 4))):
+                raise DataError(f"npz: '{name}' in {str(path)!r} is {dtype} {shape}; expected uint8 "
+                                "(N, H, W) or (N, H, W, C) with C in 1, 3, 4 (alpha is dropped).")
+        self._n = next(counts[n] for n, k in self._names.items() if k == "image")
         present = set(self._names.values())
-        with np.load(path, allow_pickle=False) as npz:
+        with _npz_errors(path), np.load(path, allow_pickle=False) as npz:
             names = tuple(str(c) for c in npz["class_names"]) if "class_names" in shapes else ()
 
             def count(key: str) -> int | None:
                 if key not in present:
                     return None
-                tops = [int(npz[n].max()) for n, (_, k) in keyed.items() if k == key and npz[n].size]
-                return max(tops) + 1 if tops else None
+                tops = [t for n, (_, k) in keyed.items() if k == key and (t := _top(npz[n])) is not None]
+                return int(max(tops)) + 1 if tops else None
 
-            disp = [float(npz[n].max()) for n, k in self._names.items() if k == "disparity"]
+            disp = [_top(npz[n]) for n, k in self._names.items() if k == "disparity"]
             self.info = SourceInfo(
                 name="npz", split=split, keys=tuple(k for k in _SOURCE_KEYS if k in present),
                 num_classes=(len(names) or count("label")) if "label" in present else None,
                 class_names=names, num_box_classes=count("box_classes"),
                 num_mask_classes=count("mask"), num_identities=count("identity"),
                 max_disparity=disp[0] if disp else None)
+            self._bad: dict[int, str] = {}  # example index -> what is wrong with it
+            for name, key in self._names.items():
+                if key not in ("image", "image_right"):
+                    self._check(name, key, npz[name])
+
+    def _check(self, name: str, key: str, values: np.ndarray) -> None:
+        """Records in ``self._bad`` the examples whose row of array ``name`` breaks the rules of
+        ``key``: all of them under 'skip', else raises ``BadExample`` for the first."""
+        if not len(values):
+            return
+        count = ID_LIMITS.get(key)
+        limit = getattr(self.info, count) if count else None
+        bad = invalid_values(key, values, limit)[0]
+        whole = key in ID_KEYS and values.dtype.kind == "f"
+        if whole:  # a float id array is fine while every value is a whole number
+            bad |= ~np.isfinite(values) | (values != np.round(values))
+        rows = np.flatnonzero(bad.reshape(len(values), -1).any(axis=1))
+        for i in rows.tolist()[: None if self._skip else 1]:
+            row = values[i]
+            problem = first_invalid(key, row, limit)
+            if whole and not problem:
+                pos = tuple(int(j) for j in np.argwhere(np.asarray(row) != np.round(row))[0])
+                problem = (f"'{key}' holds {np.asarray(row)[pos].item()!r}"
+                           + (f" at position {pos}" if pos else "")
+                           + "; expected a whole number (a float id would be truncated): store "
+                           "ids as integers")
+            self._bad[i] = f"array '{name}': {problem}"
+        if rows.size and not self._skip:
+            i = int(rows[0])
+            raise BadExample(self._where(i), i, str(self._path), self._bad[i])
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_arrays": None}  # arrays reload lazily in the worker
 
+    def _example_files(self, index: int) -> dict[str, Path]:
+        return {"image": self._path}
+
     def _load(self, index: int) -> Example:
+        if index in self._bad:
+            raise BadFile(self._path, self._bad[index])
         if self._arrays is None:
-            with np.load(self._path, allow_pickle=False) as npz:
+            with _npz_errors(self._path), np.load(self._path, allow_pickle=False) as npz:
                 self._arrays = {key: npz[name] for name, key in self._names.items()}
         ex = {}
         for key, array in self._arrays.items():
@@ -242,8 +428,11 @@ class ImageFolderSource(_FileSource):
     grayscale, else 3).
     """
 
+    kind = "image_folder"
+
     def __init__(self, root: Path, split: str, *, holdout: float = 0.2, split_by: str = "image",
-                 channels: int = 0):
+                 channels: int = 0, max_pixels: int = MAX_PIXELS, bad_examples: str = "error"):
+        self._options(split, max_pixels, bad_examples)
         if not 0.0 <= holdout < 1.0:
             raise DataError(f"image_folder: data.holdout={holdout} must be in [0, 1) (the fraction "
                             "held out as split 'test').")
@@ -259,7 +448,7 @@ class ImageFolderSource(_FileSource):
         if not per_class:
             raise DataError(f"image_folder: no class folders with images in data.path={str(root)!r}; "
                             f"expected {_FOLDER_LAYOUT} (suffixes {', '.join(IMAGE_SUFFIXES)}).")
-        first = root / per_class[0][0] / per_class[0][1][0]
+        every = [root / c / f for c, files in per_class for f in files]  # before the split
         if split_by == "identity" and split != "all":
             n_test = min(len(per_class) - 1, int(round(len(per_class) * holdout)))
             cut = len(per_class) - n_test
@@ -272,20 +461,37 @@ class ImageFolderSource(_FileSource):
                 files = files[: len(files) - n_test] if split == "train" else files[len(files) - n_test:]
             self._files += [(f"{cls}/{f}", label) for f in files]
         self._n = len(self._files)
-        self._channels = int(channels) or _image_channels(first)
+        self._channels = int(channels) or self._first_channels(every)
         if self._channels not in (1, 3):
             raise DataError(f"image_folder: data.channels={channels} must be 0 (auto), 1 or 3.")
         names = tuple(c for c, _ in per_class)
         self.info = SourceInfo(name="image_folder", split=split, keys=("image", "label", "identity"),
                                num_classes=len(names), class_names=names, num_identities=len(names))
 
+    def _first_channels(self, files: Sequence[Path]) -> int:
+        """Returns the channels of the first image of ``files`` (every split's, so that all
+        splits agree); under 'skip', of the first one that opens."""
+        for path in files:
+            try:
+                return _image_channels(path, self._max_pixels)
+            except BadFile as e:
+                if not self._skip:
+                    raise DataError(f"image_folder: {e}; data.channels=0 takes the channels of this "
+                                    "first image: fix or remove the file, set data.channels to 1 or "
+                                    "3, or set data.bad_examples='skip'.") from e
+        raise DataError(f"image_folder: none of the {len(files)} images under {str(self._root)!r} "
+                        "can be read; data.path must be " + _FOLDER_LAYOUT + ".")
+
     def identities(self) -> np.ndarray:
         """(N,) int32 identity of every example, without reading an image (pk sampler)."""
         return np.asarray([label for _, label in self._files], np.int32)
 
+    def _example_files(self, index: int) -> dict[str, Path]:
+        return {"image": self._root / self._files[index][0]}
+
     def _load(self, index: int) -> Example:
         rel, label = self._files[index]
-        return {"image": read_image(self._root / rel, self._channels),
+        return {"image": read_image(self._root / rel, self._channels, self._max_pixels),
                 "label": np.asarray(label, np.int32), "identity": np.asarray(label, np.int32)}
 
 
@@ -333,14 +539,18 @@ def _find_scene(folder: Path) -> _Scene | None:
     return scene
 
 
-def _read_disparity(path: Path, scale: float | None) -> np.ndarray:
+def _read_disparity(path: Path, scale: float | None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Returns (H, W) float32 disparity in pixels, unknown pixels = INVALID_DISPARITY."""
     if scale is None:
-        d = np.asarray(np.load(path, allow_pickle=False), np.float32)
+        with _reading(path):
+            d = np.asarray(np.load(path, allow_pickle=False), np.float32)
         if d.ndim == 3 and d.shape[-1] == 1:
             d = d[..., 0]
+        if d.ndim != 2:
+            raise BadFile(path, f"holds an array of shape {d.shape}; expected (H, W) float32 "
+                                "disparity in pixels")
         return np.where(np.isfinite(d) & (d >= 0), d, INVALID_DISPARITY).astype(np.float32)
-    gray = read_image(path, 1)[..., 0].astype(np.float32)
+    gray = read_image(path, 1, max_pixels)[..., 0].astype(np.float32)
     # Gray 0 is Middlebury's "unknown" (e.g. the tsukuba border), not disparity 0.
     return np.where(gray > 0, gray / scale, INVALID_DISPARITY).astype(np.float32)
 
@@ -355,7 +565,11 @@ class MiddleburySource(_FileSource):
     they come with (train a model elsewhere, or fit per scene as classical methods do).
     """
 
-    def __init__(self, root: Path, split: str):
+    kind = "middlebury"
+
+    def __init__(self, root: Path, split: str, *, max_pixels: int = MAX_PIXELS,
+                 bad_examples: str = "error"):
+        self._options(split, max_pixels, bad_examples)
         if split not in ("all", "train", "test"):
             raise _unknown_split("middlebury", split, ("all", "train", "test"), root)
         scene = _find_scene(root)  # data.path may also be one scene folder
@@ -369,16 +583,23 @@ class MiddleburySource(_FileSource):
         self.scene_names = tuple(s.name for s in scenes)
         self._with_right = any(s.disparity_right is not None for s in scenes)
         # Disparity maps are small; reading them here gives an exact max_disparity.
-        max_d = max(float(_read_disparity(s.disparity, s.scale).max()) for s in scenes)
+        maps = [self._scan(i, lambda s=s: _read_disparity(s.disparity, s.scale, self._max_pixels))
+                for i, s in enumerate(scenes)]
+        max_d = max((float(d.max()) for d in maps if d is not None), default=None)
         keys = ("image", "image_right", "disparity") + (("disparity_right",) if self._with_right else ())
         self.info = SourceInfo(name="middlebury", split=split, keys=keys, max_disparity=max_d)
 
-    def _load(self, index: int) -> Example:
+    def _example_files(self, index: int) -> dict[str, Path]:
         s = self._scenes[index]
-        ex = {"image": read_image(s.left, 3), "image_right": read_image(s.right, 3),
-              "disparity": _read_disparity(s.disparity, s.scale)}
+        files = {"image": s.left, "image_right": s.right, "disparity": s.disparity}
+        return files | ({"disparity_right": s.disparity_right} if s.disparity_right else {})
+
+    def _load(self, index: int) -> Example:
+        s, m = self._scenes[index], self._max_pixels
+        ex = {"image": read_image(s.left, 3, m), "image_right": read_image(s.right, 3, m),
+              "disparity": _read_disparity(s.disparity, s.scale, m)}
         if self._with_right:
-            ex["disparity_right"] = (_read_disparity(s.disparity_right, s.scale) if s.disparity_right
+            ex["disparity_right"] = (_read_disparity(s.disparity_right, s.scale, m) if s.disparity_right
                                      else np.full(ex["disparity"].shape, INVALID_DISPARITY, np.float32))
         return ex
 
@@ -399,14 +620,17 @@ def yolo_to_boxes(rows: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.clip(boxes, 0, [height, width, height, width]).astype(np.float32)
 
 
-def _read_yolo_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_yolo_labels(path: Path, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Returns ``(classes (N,) int32, normalized cx cy w h (N, 4))`` from a YOLO label file.
 
     A line with more than 5 fields is an Ultralytics segment (``class x1 y1 x2 y2 ...``); its
-    box is the polygon's bounding box.
+    box is the polygon's bounding box. Raises ``BadFile`` for a file that is not text, a
+    malformed line, or a class that is not a whole number in ``[0, num_classes)``.
     """
+    with _reading(path):
+        text = path.read_text()
     classes, rows = [], []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
@@ -415,8 +639,13 @@ def _read_yolo_labels(path: Path) -> tuple[np.ndarray, np.ndarray]:
         except ValueError:
             values = []
         if len(values) < 5 or (len(values) > 5 and len(values) % 2 == 0):
-            raise DataError(f"yolo: {str(path)!r} line {lineno}: {line!r} is not 'class cx cy w h' "
-                            "(normalized) nor 'class x1 y1 x2 y2 ...' (a polygon).")
+            raise BadFile(path, f"line {lineno}: {line[:80]!r} is not 'class cx cy w h' "
+                                "(normalized) nor 'class x1 y1 x2 y2 ...' (a polygon)")
+        top = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+        if values[0] != int(values[0]) or values[0] < 0 or (num_classes is not None
+                                                            and values[0] >= num_classes):
+            raise BadFile(path, f"line {lineno}: class {fields[0]!r} is not a class id in {top}"
+                                + (" (classes.txt)" if num_classes is not None else ""))
         classes.append(int(values[0]))
         if len(values) == 5:
             rows.append(values[1:])
@@ -435,10 +664,15 @@ class YoloSource(_FileSource):
     other); if neither exists and ``images/`` has exactly one subfolder, ``train`` and ``all`` use
     it, and ``all`` with several subfolders joins them all. Images without a label file have zero
     boxes; label files without an image are ignored. Classes come from ``classes.txt`` (line i =
-    class i) or else are ``0 .. max id`` found in the label files.
+    class i) or else are ``0 .. max id`` found in the label files (leaving out, under 'skip',
+    label files that cannot be read).
     """
 
-    def __init__(self, root: Path, split: str):
+    kind = "yolo"
+
+    def __init__(self, root: Path, split: str, *, max_pixels: int = MAX_PIXELS,
+                 bad_examples: str = "error"):
+        self._options(split, max_pixels, bad_examples)
         images = _require(root / "images", "folder", "yolo", _YOLO_LAYOUT)
         labels = _require(root / "labels", "folder", "yolo", _YOLO_LAYOUT)
         subs = sorted(d.name for d in images.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -460,21 +694,33 @@ class YoloSource(_FileSource):
                                         str(lab.relative_to(root)) if lab.exists() else None))
         self._n = len(self._items)
         class_file = root / "classes.txt"
+        self._num_classes: int | None = None  # bounds the class ids read (classes.txt)
         if class_file.exists():
-            class_names = tuple(line.strip() for line in class_file.read_text().splitlines() if line.strip())
-            num = len(class_names)
+            try:
+                with _reading(class_file):
+                    lines = class_file.read_text().splitlines()
+            except BadFile as e:
+                raise DataError(f"yolo: {e}; classes.txt must be text, one class name per line.") from e
+            class_names = tuple(line.strip() for line in lines if line.strip())
+            num = self._num_classes = len(class_names)
         else:
             class_names = ()
-            tops = [int(c.max()) for _, lab in self._items if lab
-                    for c in [_read_yolo_labels(root / lab)[0]] if c.size]
+            labels_read = [self._scan(i, lambda lab=lab: _read_yolo_labels(root / lab)[0])
+                           for i, (_, lab) in enumerate(self._items) if lab]
+            tops = [int(c.max()) for c in labels_read if c is not None and c.size]
             num = max(tops) + 1 if tops else 0
         self.info = SourceInfo(name="yolo", split=split, keys=("image", "boxes", "box_classes"),
                                num_box_classes=num, class_names=class_names)
 
+    def _example_files(self, index: int) -> dict[str, Path]:
+        image_path, label_path = self._items[index]
+        label = {"boxes": self._root / label_path, "box_classes": self._root / label_path}
+        return {"image": self._root / image_path} | (label if label_path else {})
+
     def _load(self, index: int) -> Example:
         image_path, label_path = self._items[index]
-        image = read_image(self._root / image_path, 3)
-        classes, rows = (_read_yolo_labels(self._root / label_path) if label_path
+        image = read_image(self._root / image_path, 3, self._max_pixels)
+        classes, rows = (_read_yolo_labels(self._root / label_path, self._num_classes) if label_path
                          else (np.zeros((0,), np.int32), np.zeros((0, 4))))
         return {"image": image, "boxes": yolo_to_boxes(rows, *image.shape[:2]), "box_classes": classes}
 
@@ -503,20 +749,24 @@ def read_voc_boxes(path: Path, classes: Sequence[str]) -> tuple[np.ndarray, np.n
     PASCAL-VOC XML.
 
     VOC corners are 1-based inclusive pixel indices, so pixels ``xmin..xmax`` cover the
-    continuous span ``[xmin - 1, xmax)``.
+    continuous span ``[xmin - 1, xmax)``. Raises ``BadFile`` for a file that does not parse or
+    an object without a class of ``classes`` or without numeric corners.
     """
-    try:
+    with _reading(path):
         root = ET.parse(path).getroot()
-    except ET.ParseError as e:
-        raise DataError(f"oxford_pets: cannot parse {str(path)!r}: {e}") from e
     boxes, labels = [], []
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
         bb = obj.find("bndbox")
         if name not in classes or bb is None:
-            raise DataError(f"oxford_pets: {str(path)!r} has an object {name!r} without a <bndbox> "
-                            f"or with a class not in {list(classes)}.")
-        x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            raise BadFile(path, f"has an object {name!r} without a <bndbox> or with a class not "
+                                f"in {list(classes)}")
+        corners = [bb.findtext(k) for k in ("xmin", "ymin", "xmax", "ymax")]
+        try:
+            x0, y0, x1, y1 = (float(c) for c in corners)
+        except (TypeError, ValueError):
+            raise BadFile(path, f"has an object {name!r} whose <bndbox> xmin, ymin, xmax, ymax "
+                                f"are {corners}, not four numbers") from None
         boxes.append([y0 - 1, x0 - 1, y1, x1])
         labels.append(classes.index(name))
     return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int32)
@@ -534,7 +784,11 @@ class OxfordPetsSource(_FileSource):
     ``test`` = test.txt, ``all`` = every image in ``images/`` (including the two the lists omit).
     """
 
-    def __init__(self, root: Path, split: str):
+    kind = "oxford_pets"
+
+    def __init__(self, root: Path, split: str, *, max_pixels: int = MAX_PIXELS,
+                 bad_examples: str = "error"):
+        self._options(split, max_pixels, bad_examples)
         images = _require(root / "images", "folder", "oxford_pets", _PETS_LAYOUT)
         ann = _require(root / "annotations", "folder", "oxford_pets", _PETS_LAYOUT)
         trimaps = _require(ann / "trimaps", "folder", "oxford_pets", _PETS_LAYOUT)
@@ -547,8 +801,12 @@ class OxfordPetsSource(_FileSource):
         elif split in ("train", "trainval", "test"):
             listing = _require(ann / ("test.txt" if split == "test" else "trainval.txt"),
                                "split list", "oxford_pets", _PETS_LAYOUT)
-            stems = [ln.split()[0] for ln in listing.read_text().splitlines()
-                     if ln.strip() and not ln.startswith("#")]
+            try:
+                with _reading(listing):
+                    lines = listing.read_text().splitlines()
+            except BadFile as e:
+                raise DataError(f"oxford_pets: split list {e}; expected {_PETS_LAYOUT}.") from e
+            stems = [ln.split()[0] for ln in lines if ln.strip() and not ln.startswith("#")]
             missing = [s for s in stems if s not in files]
             if missing:
                 raise DataError(f"oxford_pets: {len(missing)} images of {str(listing)!r} are not in "
@@ -574,15 +832,22 @@ class OxfordPetsSource(_FileSource):
         """(N,) int32 breed of every example, without reading an image (pk sampler)."""
         return np.asarray([breed for _, _, breed, _ in self._items], np.int32)
 
+    def _example_files(self, index: int) -> dict[str, Path]:
+        stem, name, _, has_xml = self._items[index]
+        ann = self._root / "annotations"
+        xml = {"boxes": ann / "xmls" / f"{stem}.xml", "box_classes": ann / "xmls" / f"{stem}.xml"}
+        return ({"image": self._root / "images" / name, "mask": ann / "trimaps" / f"{stem}.png"}
+                | (xml if has_xml else {}))
+
     def _load(self, index: int) -> Example:
-        stem, name, breed, has_xml = self._items[index]
-        image = read_image(self._root / "images" / name, 3)
-        with Image.open(self._root / "annotations" / "trimaps" / f"{stem}.png") as im:
-            trimap = np.asarray(im)
+        files = self._example_files(index)
+        _, _, breed, _ = self._items[index]
+        image = read_image(files["image"], 3, self._max_pixels)
+        trimap = _read_raw_image(files["mask"], self._max_pixels)
         if trimap.ndim == 3:
             trimap = trimap[..., 0]
-        if has_xml:
-            boxes, classes = read_voc_boxes(self._root / "annotations" / "xmls" / f"{stem}.xml", PET_SPECIES)
+        if "boxes" in files:
+            boxes, classes = read_voc_boxes(files["boxes"], PET_SPECIES)
             h, w = image.shape[:2]
             boxes = np.clip(boxes, 0, np.asarray([h, w, h, w], np.float32))
         else:
@@ -596,21 +861,24 @@ class OxfordPetsSource(_FileSource):
 def from_config(config: Any, split: str) -> "_FileSource":
     """Returns the local source named by ``config.name`` for base split ``split`` (no slice).
 
-    Raises ``DataError`` for a missing ``data.path``, a missing file or folder, or an unknown split.
+    Raises ``DataError`` for a missing ``data.path``, a missing file or folder, or an unknown
+    split, and ``BadExample`` for a bad file read while building (under 'error').
     """
     name = str(config.name)
+    options = dict(max_pixels=int(_get(config, "max_pixels", MAX_PIXELS)),
+                   bad_examples=str(_get(config, "bad_examples", "error")))
     if name == "npz":
-        return NpzSource(_require_path(config, name, _NPZ_LAYOUT, folder=False), split)
+        return NpzSource(_require_path(config, name, _NPZ_LAYOUT, folder=False), split, **options)
     if name == "image_folder":
         return ImageFolderSource(_require_path(config, name, _FOLDER_LAYOUT), split,
                                  holdout=float(_get(config, "holdout", 0.2)),
                                  split_by=str(_get(config, "split_by", "image")),
-                                 channels=int(_get(config, "channels", 0)))
+                                 channels=int(_get(config, "channels", 0)), **options)
     if name == "middlebury":
-        return MiddleburySource(_require_path(config, name, _MIDDLEBURY_LAYOUT), split)
+        return MiddleburySource(_require_path(config, name, _MIDDLEBURY_LAYOUT), split, **options)
     if name == "yolo":
-        return YoloSource(_require_path(config, name, _YOLO_LAYOUT), split)
+        return YoloSource(_require_path(config, name, _YOLO_LAYOUT), split, **options)
     if name == "oxford_pets":
-        return OxfordPetsSource(_require_path(config, name, _PETS_LAYOUT), split)
+        return OxfordPetsSource(_require_path(config, name, _PETS_LAYOUT), split, **options)
     raise DataError(f"local.from_config: data.name={name!r} is not a local file source "
                     "(npz, image_folder, middlebury, yolo, oxford_pets).")

@@ -12,9 +12,10 @@ import jax
 import numpy as np
 
 from jaxvision.data import transforms as T
+from jaxvision.data.config import check_data_config
 from jaxvision.data.pp import Compose, parse_pp
 from jaxvision.data.loader import Loader
-from jaxvision.data.source import Source, build_source
+from jaxvision.data.source import SkipBad, Source, build_source
 
 _STATS_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -23,11 +24,15 @@ def train_stats(data: Any, max_examples: int = 1000) -> tuple[np.ndarray, np.nda
     """Per-channel mean and std (0-255 scale) over the first examples of the training split.
 
     Cached per (data name, path, split) within the process: normalization must use the training
-    split's statistics for train and eval alike.
+    split's statistics for train and eval alike. Under ``data.bad_examples='skip'`` bad examples
+    count as their stand-ins (``SkipBad``).
     """
     key = (str(data.name), str(data.get("path")), str(data.train_split), max_examples)
     if key not in _STATS_CACHE:
-        _STATS_CACHE[key] = T.compute_mean_std(build_source(data, data.train_split), max_examples)
+        source = build_source(data, data.train_split)
+        if data.get("bad_examples", "error") == "skip":
+            source = SkipBad(source)
+        _STATS_CACHE[key] = T.compute_mean_std(source, max_examples)
     return _STATS_CACHE[key]
 
 
@@ -42,9 +47,12 @@ def make_loader(data: Any, split: str, *, mode: str, global_batch: int, seed: in
                 process_count: int | None = None) -> Loader:
     """Builds the loader of ``split`` (``mode`` 'train' shuffles forever, 'eval' is one padded pass).
 
-    ``data`` is the experiment's ``data`` ConfigDict. The transform pipeline is ``data.train_pp``
-    in train mode and ``data.eval_pp`` in eval mode. Process index/count default to JAX's.
+    ``data`` is the experiment's ``data`` ConfigDict (range-checked by ``check_data_config``).
+    The transform pipeline is ``data.train_pp`` in train mode and ``data.eval_pp`` in eval mode.
+    Process index/count default to JAX's. Under ``data.bad_examples='skip'``,
+    ``loader.skipped()`` reports the bad examples met.
     """
+    check_data_config(data)
     source = source if source is not None else build_source(data, split)
     pp = data.train_pp if mode == "train" else data.eval_pp
     return Loader(
@@ -53,4 +61,5 @@ def make_loader(data: Any, split: str, *, mode: str, global_batch: int, seed: in
         sampler=str(data.sampler), pk=(int(data.pk_identities), int(data.pk_images)),
         process_index=jax.process_index() if process_index is None else process_index,
         process_count=jax.process_count() if process_count is None else process_count,
-        num_workers=int(data.num_workers), prefetch=int(data.prefetch))
+        num_workers=int(data.num_workers), prefetch=int(data.prefetch),
+        bad_examples=str(data.get("bad_examples", "error")))

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from jaxvision.data.pipeline import make_transform
-from jaxvision.data.source import build_source
+from jaxvision.data.source import SkipBad, build_source
 
 
 def show(config: Any, out: str, *, split: str | None = None, num: int = 6,
@@ -18,6 +18,8 @@ def show(config: Any, out: str, *, split: str | None = None, num: int = 6,
     data = config.data
     split = split or data.train_split
     source = build_source(data, split)
+    if str(data.get("bad_examples", "error")) == "skip":
+        source = SkipBad(source)
     transform = make_transform(data, data.train_pp) if transformed else None
     examples = []
     for index in range(min(num, len(source))):

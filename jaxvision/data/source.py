@@ -18,17 +18,41 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from jaxvision.data.example import Example
+from jaxvision.data.config import check_data_config
+# DataError lives in example.py (ExampleError is one); this module is where callers import it.
+from jaxvision.data.example import DataError, Example
 
 LOCAL_SOURCES = ("procedural", "npz", "image_folder", "middlebury", "yolo", "oxford_pets")
+# Local sources that read files (procedural generates its examples).
+FILE_SOURCES = ("npz", "image_folder", "middlebury", "yolo", "oxford_pets")
+SKIP_HINT = "fix or remove the file, or set data.bad_examples='skip' to skip bad examples"
 
 
-class DataError(ValueError):
-    """Bad data configuration or input; the message says what is wrong and how to fix it."""
+class BadExample(DataError):
+    """Example ``index`` of a source cannot be read or breaks the conventions (a corrupt, empty,
+    truncated or oversized file, an unreadable annotation, an out-of-range label).
+
+    ``where`` names the source and index (``image_folder[train][3]``), ``path`` the file at
+    fault and ``reason`` what is wrong with it. The loader skips such examples under
+    ``data.bad_examples='skip'``; any other error stops the run.
+    """
+
+    def __init__(self, where: str, index: int, path: str, reason: str):
+        self.where, self.index, self.path, self.reason = where, int(index), str(path), reason
+        super().__init__(f"{self.what}; {SKIP_HINT}.")
+
+    @property
+    def what(self) -> str:
+        """The message without the advice: ``"<where>: '<path>': <reason>"``."""
+        return f"{self.where}: {self.path!r}: {self.reason}"
+
+    def __reduce__(self) -> tuple:
+        # Grain pickles exceptions raised in worker processes; rebuild from the fields.
+        return type(self), (self.where, self.index, self.path, self.reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,9 +161,12 @@ def apply_slice(source: Source, split: str) -> Source:
 def build_source(config: Any, split: str) -> Source:
     """Builds the source named by ``config.name`` for ``split`` and checks it is not empty.
 
-    ``config`` is the experiment's ``data`` ConfigDict (see ``jaxvision.data.config``).
-    Raises ``DataError`` for an unknown name, a missing file, or an empty split.
+    ``config`` is the experiment's ``data`` ConfigDict (see ``jaxvision.data.config``); its
+    values are range-checked first (``check_data_config``). A file source then reads its first
+    example, unless ``data.bad_examples='skip'``. Raises ``DataError`` for a bad setting, an
+    unknown name, a missing file, an empty split, or a bad first example (``BadExample``).
     """
+    check_data_config(config)
     name = str(config.name)
     if name.startswith("tfds:"):
         source = _tfds(config, name[len("tfds:"):], split)
@@ -157,6 +184,8 @@ def build_source(config: Any, split: str) -> Source:
     if len(source) == 0:
         raise DataError(f"split {split!r} of data '{name}' is empty; choose another split "
                         "(data.train_split / data.eval_split) or a wider slice.")
+    if name in FILE_SOURCES and config.get("bad_examples", "error") == "error":
+        source[0]  # a bad file (or a wrong data.path) then shows before anything is compiled
     return source
 
 
@@ -168,6 +197,46 @@ def _tfds(config: Any, name: str, split: str) -> Source:
                         f"{', '.join(LOCAL_SOURCES)}; any TFDS dataset name also works."
                         + (f" Did you mean: {', '.join(close)}?" if close else ""))
     return tfds_source.from_config(config, name, split)
+
+
+def next_good(source: Source, index: int, bad: dict[int, str],
+              check: Callable[[int, Example], Example] | None = None) -> tuple[int, Example]:
+    """Returns ``(i, example i)`` for the first ``i`` from ``index`` on (wrapping around) whose
+    example reads without ``BadExample``: the stand-in for a bad example under
+    ``data.bad_examples='skip'``, the same wherever it is asked for.
+
+    ``check(i, example)``, if given, is applied to the example returned. ``bad`` (index ->
+    message) records the bad examples met, so none is read twice. Raises ``DataError`` when
+    every example is bad.
+    """
+    n = len(source)
+    for k in range(n):
+        i = (index + k) % n
+        if i in bad:
+            continue
+        try:
+            example = source[i]
+            return i, check(i, example) if check else example
+        except BadExample as e:
+            bad[i] = e.what
+    name = f"{source.info.name}[{source.info.split}]"
+    raise DataError(f"{name}: all {n} examples are bad, so none can stand in for a skipped one "
+                    f"(data.bad_examples='skip'), e.g. {next(iter(bad.values()))}; fix the files or "
+                    "check data.path.")
+
+
+class SkipBad:
+    """``source`` with every bad example replaced by its ``next_good`` stand-in, for reads
+    outside the loader under ``data.bad_examples='skip'`` (e.g. the statistics of ``normalize``)."""
+
+    def __init__(self, source: Source):
+        self._source, self.info, self._bad = source, source.info, {}
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> Example:
+        return next_good(self._source, index, self._bad)[1]
 
 
 def take(source: Source, indices: Sequence[int]) -> list[Example]:

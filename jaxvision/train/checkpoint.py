@@ -378,7 +378,8 @@ class Checkpointer:
         failures: list[str] = []
         for i, candidate in enumerate(candidates):
             try:
-                result = load(candidate)
+                with _QuietClosedLoop():
+                    result = load(candidate)
             except TargetMismatchError:
                 raise  # the caller's target is wrong; an older checkpoint would not fix that
             except Exception as e:  # noqa: BLE001 - every other failure means this step is unusable
@@ -497,6 +498,49 @@ class Checkpointer:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+class _QuietClosedLoop:
+    """While a damaged checkpoint fails to load, tensorstore's pending reads report into orbax's
+    already-closed asyncio loop, and each prints a 6-line 'Event loop is closed' traceback to
+    ``sys.stderr`` (a hundred or more for one bad file). This drops exactly those blocks and
+    leaves every other line alone; the failure itself is reported once by the caller."""
+
+    _LAST = "RuntimeError: Event loop is closed"
+
+    def __init__(self):
+        self._held: list[str] = []
+        self._stream = None
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines(keepends=True):
+            if line.startswith("Traceback (most recent call last)") or self._held:
+                self._held.append(line)
+                if line.strip() == self._LAST:
+                    self._held.clear()                  # a whole noise block: dropped
+                elif not line.startswith((" ", "Traceback")):
+                    self._stream.write("".join(self._held))   # another traceback: kept
+                    self._held.clear()
+            else:
+                self._stream.write(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def __enter__(self) -> "_QuietClosedLoop":
+        import sys
+        self._stream, sys.stderr = sys.stderr, self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import sys
+        if self._held:
+            self._stream.write("".join(self._held))
+        sys.stderr = self._stream
 
 
 def _short(e: BaseException, limit: int = 300) -> str:

@@ -194,12 +194,27 @@ def evaluate(run: Run, device_state: Any, which: Sequence[int] | None = None) ->
         if which is not None and i not in which:
             continue
         ev.reset()
-        for out in _outputs(run, run.eval_step(i), device_state, run.eval_loaders[ev.name], ev.kind):
+        loader = run.eval_loaders[ev.name]
+        for out in _outputs(run, run.eval_step(i), device_state, loader, ev.kind):
             ev.update(out)
         names = run.metric_names[i]
         for key, value in ev.compute().items():
             results[names.get(key, key)] = value
+        skipped = _skipped(loader)
+        if skipped:
+            # Bad examples replaced under data.bad_examples='skip' are not in the metrics.
+            key = "skipped_examples" if "skipped_examples" not in results else f"{ev.name}/skipped_examples"
+            results[key] = float(skipped)
     return results
+
+
+def _skipped(loader: Any) -> int:
+    """Bad examples of ``loader``'s split skipped so far, over every process."""
+    count = loader.skipped().count if hasattr(loader, "skipped") else 0
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        count = int(np.sum(multihost_utils.process_allgather(np.int32(count))))
+    return int(count)
 
 
 def predict(run: Run, device_state: Any, fn: Callable, loader: Any) -> dict[str, np.ndarray]:

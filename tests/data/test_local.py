@@ -82,7 +82,8 @@ def test_npz_layout_b_and_errors(tmp_path):
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (4, 5, 6, 3), dtype=np.uint8)
     mask = rng.integers(-1, 4, (4, 5, 6)).astype(np.int64)
-    boxes = rng.uniform(0, 5, (4, 2, 4)).astype(np.float64)
+    corner = rng.uniform(0, 2, (4, 2, 2))
+    boxes = np.concatenate([corner, corner + rng.uniform(0, 3, (4, 2, 2))], axis=-1)  # y0 <= y1
     path = tmp_path / "b.npz"
     np.savez(path, train_image=image, train_label=np.arange(4), train_mask=mask, train_boxes=boxes,
              train_box_classes=np.ones((4, 2), np.int64), val_image=image[:2], val_label=np.arange(2) + 5)

@@ -316,6 +316,17 @@ def test_save_rejects_bad_input(tmp_path):
 # ----------------------------------------------------------------------------- damage and crashes
 
 
+def test_quiet_closed_loop_drops_only_those_tracebacks(capsys):
+    from jaxvision.train.checkpoint import _QuietClosedLoop
+    import sys
+    noise = ("Traceback (most recent call last):\n  File \"x\", line 1, in f\n    g()\n"
+             "RuntimeError: Event loop is closed\n")
+    other = "Traceback (most recent call last):\n  File \"y\", line 2\nValueError: kept\n"
+    with _QuietClosedLoop():
+        sys.stderr.write("before\n" + noise * 3 + other + "after\n")
+    assert capsys.readouterr().err == "before\n" + other + "after\n"
+
+
 @pytest.mark.parametrize("corrupt", [_corrupt_arrays, _corrupt_meta, _delete_state])
 def test_corrupt_latest_falls_back_with_warning(tmp_path, corrupt):
     with Checkpointer(tmp_path, max_to_keep=3, async_save=False) as ckpt:

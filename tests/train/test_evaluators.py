@@ -137,11 +137,14 @@ def test_a_config_without_experiment_is_an_error_not_classification(tmp_path):
 
 
 def test_old_workdirs_without_experiment_or_evals_keep_resuming(tmp_path, capsys):
-    """Configs and checkpoints written before ``experiment``, ``evals`` and ``Setup`` existed."""
+    """Configs and checkpoints written before ``experiment``, ``evals``, ``data.bad_examples``,
+    ``data.max_pixels`` and ``Setup`` existed."""
     tiny = get_config("tests/train/tiny_experiment.py:tiny", ["train.steps=4"])
     saved = json.loads(json.dumps(__import__("jaxvision.config").config.to_dict(tiny)))
     saved.pop("experiment")
     saved.pop("evals")
+    saved["data"].pop("bad_examples")
+    saved["data"].pop("max_pixels")
     loop._check_resume_config(tiny, {"config": saved}, force=False)   # no diff, no refusal
     # An old checkpoint: the state as a dict with the always-None 'aux' field it used to have.
     run = loop.build(tiny, load_experiment("tests/train/tiny_experiment.py"))

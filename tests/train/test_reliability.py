@@ -197,3 +197,39 @@ def test_exit_code_contract_and_one_line_errors(tmp_path):
                      "--config.optim.name=sgd", "--config.optim.lr=1e30", "--config.train.steps=4",
                      "--config.train.log_every=1", "--no-progress"]) == 1
     assert "not finite" in err.getvalue()
+
+
+def test_eval_reports_bad_examples_skipped_under_skip(tmp_path):
+    from PIL import Image
+    r = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(r.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / cls / f"{i}.png")
+    # The last image of class a falls in the held-out 'test' split; it is truncated.
+    bad = tmp_path / "data" / "a" / "9.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    overrides = ("data.name='image_folder'", f"data.path='{tmp_path / 'data'}'",
+                 "train.batch_size=8", "train.eval_batch_size=4", "train.steps=2",
+                 "train.eval_every=0", "train.checkpoint_every=0", "train.log_every=1")
+    from jaxvision.data.source import DataError
+    with pytest.raises(DataError, match="9.png"):
+        loop.train(tiny(*overrides), tmp_path / "strict", progress=False)
+    with pytest.warns(UserWarning, match="9.png"):
+        results = loop.train(tiny(*overrides, "data.bad_examples='skip'"), tmp_path / "skip",
+                             progress=False)
+    assert results["skipped_examples"] == 1
+    assert results["confusion_matrix"].sum() == 3      # the 3 good test images, each once
+
+
+def test_a_damaged_checkpoint_falls_back_with_one_warning_not_a_flood(tmp_path):
+    loop.train(tiny("train.steps=8", "train.checkpoint_every=4", "train.eval_every=0"),
+               tmp_path, progress=False)
+    for manifest in (tmp_path / "checkpoints" / "8").rglob("manifest.ocdbt"):
+        manifest.write_bytes(b"")
+    r = _cli("eval", "--workdir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 4
+    assert "falling back to step 4" in r.stderr
+    assert "Event loop is closed" not in r.stderr and len(r.stderr.splitlines()) < 10, r.stderr

@@ -27,6 +27,10 @@ import dataclasses
 import datetime
 import math
 import os
+import re
+import sys
+import threading
+import time
 import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -375,11 +379,15 @@ class Checkpointer:
 
     def _first_usable(self, step: int | str | None, load: Callable[[int], Any], what: str) -> Any:
         candidates, may_fall_back = self._candidates(step)
+        with _QuietClosedLoop():
+            return self._first_usable_loud(candidates, may_fall_back, load, what)
+
+    def _first_usable_loud(self, candidates: list[int], may_fall_back: bool,
+                           load: Callable[[int], Any], what: str) -> Any:
         failures: list[str] = []
         for i, candidate in enumerate(candidates):
             try:
-                with _QuietClosedLoop():
-                    result = load(candidate)
+                result = load(candidate)
             except TargetMismatchError:
                 raise  # the caller's target is wrong; an older checkpoint would not fix that
             except Exception as e:  # noqa: BLE001 - every other failure means this step is unusable
@@ -396,7 +404,7 @@ class Checkpointer:
                         f"{what}: checkpoint step {candidate} in {self._directory} is unusable "
                         f"({why}); falling back to step {candidates[i + 1]}",
                         CheckpointFallbackWarning,
-                        stacklevel=3,
+                        stacklevel=4,
                     )
                 continue
             return result
@@ -502,45 +510,46 @@ class Checkpointer:
 
 class _QuietClosedLoop:
     """While a damaged checkpoint fails to load, tensorstore's pending reads report into orbax's
-    already-closed asyncio loop, and each prints a 6-line 'Event loop is closed' traceback to
-    ``sys.stderr`` (a hundred or more for one bad file). This drops exactly those blocks and
-    leaves every other line alone; the failure itself is reported once by the caller."""
+    already-closed asyncio loop, and each prints an 'Event loop is closed' traceback to
+    ``sys.stderr`` from its own thread (a hundred or more for one bad file, interleaved). This
+    holds back what is written to ``sys.stderr`` meanwhile and, at the end, writes it again
+    without the pieces of those tracebacks; the failure itself is reported once by the caller."""
 
-    _LAST = "RuntimeError: Event loop is closed"
+    _NOISE = re.compile(
+        r"Traceback \(most recent call last\):|File \"[^\"]*asyncio[/\\]base_events\.py\", "
+        r"line \d+, in \w+|self\._check_closed\(\)|raise RuntimeError\('Event loop is closed'\)"
+        r"|RuntimeError: Event loop is closed|RuntimeError|: Event loop is closed")
 
     def __init__(self):
         self._held: list[str] = []
-        self._stream = None
+        self._stream: Any = None
+        self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        for line in text.splitlines(keepends=True):
-            if line.startswith("Traceback (most recent call last)") or self._held:
-                self._held.append(line)
-                if line.strip() == self._LAST:
-                    self._held.clear()                  # a whole noise block: dropped
-                elif not line.startswith((" ", "Traceback")):
-                    self._stream.write("".join(self._held))   # another traceback: kept
-                    self._held.clear()
-            else:
-                self._stream.write(line)
+        with self._lock:
+            self._held.append(text)
         return len(text)
 
     def flush(self) -> None:
-        self._stream.flush()
+        pass
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
     def __enter__(self) -> "_QuietClosedLoop":
-        import sys
         self._stream, sys.stderr = sys.stderr, self
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        import sys
-        if self._held:
-            self._stream.write("".join(self._held))
+        if any("Event loop is closed" in t for t in self._held):
+            time.sleep(0.5)   # callbacks of reads still in flight report a moment later
         sys.stderr = self._stream
+        text = "".join(self._held)
+        if "Event loop is closed" in text:
+            lines = (self._NOISE.sub("", line).rstrip() for line in text.splitlines())
+            text = "".join(line + "\n" for line in lines if line.strip())
+        if text:
+            self._stream.write(text)
 
 
 def _short(e: BaseException, limit: int = 300) -> str:

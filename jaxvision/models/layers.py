@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision import replica
+from jaxvision.ops import conv as conv_ops
 
 Array = jax.Array
 Dtype = Any
@@ -245,7 +246,11 @@ def conv(
     use_bias: bool = True,
     groups: int = 1,
 ) -> nn.Conv:
-    """A square 2-D convolution with the model's dtypes and named kernel initializer."""
+    """A square 2-D convolution with the model's dtypes and named kernel initializer.
+
+    It goes through ``jaxvision.ops.conv`` (XLA's kernel gradient by default;
+    ``JAXVISION_CONV_GRAD=auto`` or ``im2col`` for the CPU rewrite); parameters are
+    ``flax.linen.Conv``'s, so checkpoints do not depend on it."""
     if isinstance(padding, int):
         padding = [(padding, padding), (padding, padding)]
     return nn.Conv(
@@ -258,6 +263,7 @@ def conv(
         dtype=dtype,
         param_dtype=param_dtype,
         kernel_init=initializer(kernel_init),
+        conv_general_dilated=conv_ops.conv_general_dilated,
         name=name,
     )
 

@@ -1,0 +1,95 @@
+"""Convolution weight gradient on this backend: every formulation of ``jaxvision.ops.conv`` per
+conv shape of the CIFAR ResNet-20 and ResNet-18 (batch 128, NHWC, float32), beside the forward.
+
+    python benchmarks/conv_grad.py [--batch 128] [--repeats 5] [--models resnet20 resnet18]
+
+For each distinct shape: forward GFLOP/s, then the kernel gradient's GFLOP/s with XLA's
+backward-filter convolution ('xla') and the rewrite ('im2col'), measured
+interleaved (every formulation once per round, median over rounds, so machine noise hits all
+alike), the fastest, and what ``jaxvision.ops.conv.measured_rule`` picks. FLOPs = 2 * N * Ho * Wo * KH
+* KW * C * O for each of the three.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxvision.ops import conv as C
+
+# (input H=W, C, O, kernel, stride) of each distinct convolution (3x3 'SAME' / 1x1 shortcuts).
+MODELS = {
+    "resnet20": [(32, 3, 16, 3, 1), (32, 16, 16, 3, 1), (32, 16, 32, 3, 2), (16, 32, 32, 3, 1),
+                 (16, 32, 64, 3, 2), (8, 64, 64, 3, 1)],
+    "resnet18": [(32, 3, 64, 3, 1), (32, 64, 64, 3, 1), (32, 64, 128, 3, 2), (16, 128, 128, 3, 1),
+                 (32, 64, 128, 1, 2), (16, 128, 256, 3, 2), (8, 256, 256, 3, 1),
+                 (16, 128, 256, 1, 2), (8, 256, 512, 3, 2), (4, 512, 512, 3, 1),
+                 (8, 256, 512, 1, 2)],
+}
+
+
+def _grad_fn(formulation: str, strides, padding):
+    def loss(x, w, dy):
+        y = C.conv_general_dilated(x, w, strides, padding, dimension_numbers=C._NHWC,
+                                   formulation=formulation)
+        return jnp.sum(y * dy)
+    return jax.jit(jax.grad(loss, argnums=1))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    args = p.parse_args()
+    shapes = []
+    for m in args.models:
+        shapes += [s for s in MODELS[m] if s not in shapes]
+    rng = np.random.default_rng(0)
+    print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), batch {args.batch}, "
+          f"float32, median of {args.repeats} interleaved rounds; GFLOP/s")
+    print("| input (HxWxC) | kernel | out | stride | fwd | "
+          + " | ".join(f"dW {f}" for f in C.FORMULATIONS) + " | fastest | chosen |")
+    print("|---|---|---:|---:|---:|" + "---:|" * len(C.FORMULATIONS) + "---|---|")
+    for h, c, o, k, s in shapes:
+        x = jnp.asarray(rng.standard_normal((args.batch, h, h, c), dtype=np.float32))
+        w = jnp.asarray(rng.standard_normal((k, k, c, o), dtype=np.float32) * 0.05)
+        ho = -(-h // s)
+        dy = jnp.asarray(rng.standard_normal((args.batch, ho, ho, o), dtype=np.float32))
+        flops = 2 * args.batch * ho * ho * k * k * c * o
+        fns = {"fwd": jax.jit(lambda x, w: lax.conv_general_dilated(
+            x, w, (s, s), "SAME", dimension_numbers=C._NHWC))}
+        for f in C.FORMULATIONS:
+            fns[f] = _grad_fn(f, (s, s), "SAME")
+        ref = np.asarray(fns["xla"](x, w, dy))
+        for f in C.FORMULATIONS[1:]:
+            got = np.asarray(fns[f](x, w, dy))
+            err = np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30)
+            assert err < 1e-4, (f, (h, c, o, k, s), err)
+        calls = {"fwd": lambda: fns["fwd"](x, w).block_until_ready()}
+        for f in C.FORMULATIONS:
+            calls[f] = (lambda f=f: fns[f](x, w, dy).block_until_ready())
+        for call in calls.values():
+            call()                                           # compile and warm up
+        times = {name: [] for name in calls}
+        for _ in range(args.repeats):
+            for name, call in calls.items():
+                t0 = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - t0)
+        rate = {name: flops / statistics.median(t) / 1e9 for name, t in times.items()}
+        fastest = max(C.FORMULATIONS, key=lambda f: rate[f])
+        chosen = C.measured_rule(x.shape, w.shape, (s, s))
+        print(f"| {h}x{h}x{c} | {k}x{k} | {o} | {s} | {rate['fwd']:.1f} | "
+              + " | ".join(f"{rate[f]:.1f}" for f in C.FORMULATIONS)
+              + f" | {fastest} | {chosen} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""``jaxvision.ops.conv``: values and gradients equal to ``lax.conv_general_dilated``'s."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from jax import lax
+
+from jaxvision.ops import conv as C
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _loss(conv, strides, padding, dilation, groups=1, **kw):
+    def f(x, w, g):
+        y = conv(x, w, strides, padding, rhs_dilation=dilation, dimension_numbers=NHWC,
+                 feature_group_count=groups, **kw)
+        return jnp.sum(y * g)
+    return f
+
+
+def _close(a, b, rtol=1e-5):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = max(np.max(np.abs(b)), 1e-30)
+    np.testing.assert_allclose(a, b, rtol=0, atol=rtol * scale)
+
+
+def _kernel_grad_loop(x, g, k_hw, strides, pads, dilation):
+    """Plain-loop reference: dW[a, b] = sum over n, i, j of xpad[n, i*s + a*d, j*s + b*d, :]^T
+    g[n, i, j, :], in float64."""
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), pads[0], pads[1], (0, 0)))
+    g = np.asarray(g, np.float64)
+    _, ho, wo, _ = g.shape
+    out = np.zeros(tuple(k_hw) + (x.shape[3], g.shape[3]))
+    for a in range(k_hw[0]):
+        for b in range(k_hw[1]):
+            for i in range(ho):
+                for j in range(wo):
+                    patch = xp[:, i * strides[0] + a * dilation[0], j * strides[1] + b * dilation[1], :]
+                    out[a, b] += patch.T @ g[:, i, j, :]
+    return out
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 4), h=st.integers(1, 8), w=st.integers(1, 8), c=st.integers(1, 4),
+       o=st.integers(1, 4), kh=st.integers(1, 3), kw=st.integers(1, 3), sh=st.integers(1, 3),
+       sw=st.integers(1, 3), dh=st.integers(1, 2), dw=st.integers(1, 2),
+       padding=st.sampled_from(["SAME", "VALID", ((0, 1), (2, 0)), ((1, 1), (1, 2))]),
+       seed=st.integers(0, 10_000))
+def test_im2col_kernel_gradient_matches_a_plain_loop(n, h, w, c, o, kh, kw, sh, sw, dh, dw,
+                                                     padding, seed):
+    # The reference is a loop, not jax.grad of lax.conv: XLA:CPU's own backward-filter
+    # convolution aborts the process on some of these shapes (stride 3 over 3 rows, padded).
+    pads = C._pads(padding, (h, w), (kh, kw), (sh, sw), (dh, dw))
+    out_h = (h + sum(pads[0]) - (kh - 1) * dh - 1) // sh + 1
+    out_w = (w + sum(pads[1]) - (kw - 1) * dw - 1) // sw + 1
+    if out_h < 1 or out_w < 1:
+        return   # no output at all
+    r = np.random.default_rng(seed)
+    x = jnp.asarray(r.standard_normal((n, h, w, c)), jnp.float32)
+    k = jnp.asarray(r.standard_normal((kh, kw, c, o)), jnp.float32)
+    y = lax.conv_general_dilated(x, k, (sh, sw), padding, rhs_dilation=(dh, dw),
+                                 dimension_numbers=NHWC)
+    g = jnp.asarray(r.standard_normal(y.shape), jnp.float32)
+    args = ((sh, sw), padding, (dh, dw))
+    ours = _loss(C.conv_general_dilated, *args, formulation="im2col")
+    dx, dk = jax.jit(jax.grad(ours, argnums=(0, 1)))(x, k, g)
+    _close(dk, _kernel_grad_loop(x, g, (kh, kw), (sh, sw), pads, (dh, dw)))
+    _close(dx, jax.vjp(lambda x_: lax.conv_general_dilated(
+        x_, k, (sh, sw), padding, rhs_dilation=(dh, dw), dimension_numbers=NHWC), x)[1](g)[0])
+    _close(C.conv_general_dilated(x, k, (sh, sw), padding, rhs_dilation=(dh, dw),
+                                  dimension_numbers=NHWC, formulation="im2col"), y)
+
+
+def test_blocks_split_the_batch_and_sum_to_the_same_gradient(monkeypatch):
+    r = np.random.default_rng(0)
+    x = jnp.asarray(r.standard_normal((12, 10, 10, 8)), jnp.float32)
+    k = jnp.asarray(r.standard_normal((3, 3, 8, 5)), jnp.float32)
+    g = jnp.asarray(r.standard_normal((12, 10, 10, 5)), jnp.float32)
+    want = jax.grad(_loss(lax.conv_general_dilated, (1, 1), "SAME", (1, 1)), argnums=1)(x, k, g)
+    per_example = 10 * 10 * 9 * 8 * 4
+    for block_bytes, blocks in ((10**9, 1), (4 * per_example, 3), (per_example, 12)):
+        monkeypatch.setattr(C, "_BLOCK_BYTES", block_bytes)
+        assert C._block_count(12, per_example) == blocks
+        fn = jax.jit(jax.grad(_loss(C.conv_general_dilated, (1, 1), "SAME", (1, 1),
+                                    formulation="im2col"), argnums=1))
+        _close(fn(x, k, g), want)
+
+
+def test_bfloat16_second_derivatives_vmap_and_fallbacks():
+    r = np.random.default_rng(1)
+    x = jnp.asarray(r.standard_normal((4, 8, 8, 3)), jnp.float32)
+    k = jnp.asarray(r.standard_normal((3, 3, 3, 4)), jnp.float32) * 0.3
+    g = jnp.asarray(r.standard_normal((4, 8, 8, 4)), jnp.float32)
+    plain = _loss(lax.conv_general_dilated, (1, 1), "SAME", (1, 1))
+    ours = _loss(C.conv_general_dilated, (1, 1), "SAME", (1, 1), formulation="im2col")
+    # bfloat16 compute: the kernel gradient comes back in the kernel's dtype, near float32's.
+    gb = jax.grad(ours, argnums=1)(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16),
+                                   g.astype(jnp.bfloat16))
+    assert gb.dtype == jnp.bfloat16
+    _close(gb.astype(jnp.float32), jax.grad(plain, argnums=1)(x, k, g), rtol=3e-2)
+    # Second derivatives (reverse over reverse) through the custom backward pass.
+    hv = jax.grad(lambda k_: jnp.sum(jax.grad(ours, argnums=0)(x, k_, g) ** 2))(k)
+    hv_ref = jax.grad(lambda k_: jnp.sum(jax.grad(plain, argnums=0)(x, k_, g) ** 2))(k)
+    _close(hv, hv_ref, rtol=1e-4)
+    # vmap over a stack of kernels.
+    ks = jnp.stack([k, 2 * k])
+    got = jax.vmap(lambda k_: jax.grad(ours, argnums=1)(x, k_, g))(ks)
+    _close(got, jax.vmap(lambda k_: jax.grad(plain, argnums=1)(x, k_, g))(ks))
+    # Feature groups (depthwise included) go to lax unchanged.
+    kg = jnp.asarray(r.standard_normal((3, 3, 1, 3)), jnp.float32)
+    g3 = g[..., :3]
+    dw = _loss(C.conv_general_dilated, (1, 1), "SAME", (1, 1), groups=3)
+    _close(jax.grad(dw, argnums=1)(x, kg, g3),
+           jax.grad(_loss(lax.conv_general_dilated, (1, 1), "SAME", (1, 1), groups=3),
+                    argnums=1)(x, kg, g3))
+
+
+def test_choose_is_a_fixed_rule_of_the_shape(monkeypatch):
+    monkeypatch.delenv("JAXVISION_CONV_GRAD", raising=False)
+    assert C.choose((128, 32, 32, 16), (3, 3, 16, 32), (2, 2)) == "xla"      # the default
+    monkeypatch.setenv("JAXVISION_CONV_GRAD", "auto")
+    assert C.choose((128, 32, 32, 16), (3, 3, 16, 32), (2, 2), backend="cpu") == "im2col"
+    assert C.choose((128, 32, 32, 16), (3, 3, 16, 16), (1, 1), backend="cpu") == "xla"
+    assert C.choose((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), backend="cpu") == "xla"
+    assert C.choose((128, 8, 8, 256), (1, 1, 256, 512), (2, 2), backend="cpu") == "im2col"
+    assert C.choose((128, 32, 32, 16), (3, 3, 16, 32), (1, 1), backend="gpu") == "xla"
+    monkeypatch.setenv("JAXVISION_CONV_GRAD", "im2col")
+    assert C.choose((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), backend="gpu") == "im2col"
+    monkeypatch.setenv("JAXVISION_CONV_GRAD", "fast")
+    with pytest.raises(ValueError, match="JAXVISION_CONV_GRAD='fast'"):
+        C.choose((1, 8, 8, 1), (3, 3, 1, 1), (1, 1))
+
+
+@pytest.mark.parametrize("name, kwargs, shape", [
+    ("small_cnn", dict(widths=(4, 8), norm="batch"), (4, 16, 16, 3)),
+    ("lenet5", dict(), (4, 28, 28, 1)),
+    ("resnet20", dict(num_classes=10), (2, 16, 16, 3)),
+    ("alexnet_small", dict(num_classes=10, width=0.0625, stem_kernel=3, stem_stride=1, grid=2),
+     (2, 16, 16, 1)),
+])
+def test_zoo_model_gradients_equal_the_plain_convolution_version(monkeypatch, name, kwargs, shape):
+    from jaxvision import models
+    model = models.build_model(name, **kwargs)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+
+    def grads():
+        # A fresh function per setting: the formulation is chosen when it is traced.
+        def loss(params):
+            out = model.apply({**variables, "params": params}, x, train=False)
+            return jnp.sum(jnp.sin(out))
+        return jax.jit(jax.grad(loss))(variables["params"])
+
+    monkeypatch.setenv("JAXVISION_CONV_GRAD", "xla")
+    want = grads()
+    monkeypatch.setenv("JAXVISION_CONV_GRAD", "im2col")
+    got = grads()
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        _close(a, b, rtol=1e-4)

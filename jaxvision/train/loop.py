@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import os
 import signal
 import sys
 import threading
@@ -326,8 +327,8 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
         config = copy.deepcopy(config)
         with config.unlocked():
             config.experiment = f"{split_spec(exp.spec)[0]}:{split_spec(recorded or exp.spec)[1]}"
-    run = build(config, exp, sources)
-    with WorkdirLock(workdir):
+    with WorkdirLock(workdir):   # first: a second trainer stops before building anything
+        run = build(config, exp, sources)
         return _train(run, workdir, force=force, progress=progress, stop_at=stop_at)
 
 
@@ -367,7 +368,9 @@ def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int
                                                             run.optimizer)
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(json.dumps(meta["config"], indent=2))
+        tmp = workdir / "config.json.tmp"
+        tmp.write_text(json.dumps(meta["config"], indent=2))
+        os.replace(tmp, workdir / "config.json")   # never a half-written config.json
     start = int(host_state.step)
     if is_main and start:
         # The logs describe the state on disk: records after the restored step (written by a

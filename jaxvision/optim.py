@@ -214,6 +214,9 @@ def _decay_mask_fn(mode: str) -> Callable[[Any], Any]:
 
 # --------------------------------------------------------------------------------- schedules
 
+_WARNED_WARMUP: set[tuple[int, int]] = set()
+
+
 def _validate_steps(cfg: ml_collections.ConfigDict, total_steps: int) -> None:
     if int(total_steps) != total_steps or total_steps <= 0:
         raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}.")
@@ -224,9 +227,12 @@ def _validate_steps(cfg: ml_collections.ConfigDict, total_steps: int) -> None:
         # A short trial run of a config tuned for a long one (--config.train.steps=30) should
         # work: warm up for a tenth of it instead. ``cfg`` is this call's own copy.
         scaled = int(total_steps) // 10
-        warnings.warn(f"optim.warmup_steps={cfg.warmup_steps} is not shorter than the run "
-                      f"(train.steps={total_steps}); warming up for {scaled} steps instead. Set "
-                      f"--config.optim.warmup_steps below {total_steps} to choose.", stacklevel=3)
+        if (cfg.warmup_steps, total_steps) not in _WARNED_WARMUP:   # once, not per schedule
+            _WARNED_WARMUP.add((cfg.warmup_steps, total_steps))
+            warnings.warn(f"optim.warmup_steps={cfg.warmup_steps} is not shorter than the run "
+                          f"(train.steps={total_steps}); warming up for {scaled} steps instead. "
+                          f"Set --config.optim.warmup_steps below {total_steps} to choose.",
+                          stacklevel=3)
         cfg.warmup_steps = scaled
     if cfg.schedule == "one_cycle" and cfg.warmup_steps:
         raise ValueError("optim.warmup_steps must be 0 with schedule='one_cycle': its first "

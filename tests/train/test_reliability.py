@@ -138,7 +138,8 @@ def test_config_ranges_name_the_key(override, key):
         check_config(tiny(override))
 
 
-def test_warmup_longer_than_a_short_trial_run_is_scaled_down():
+def test_warmup_longer_than_a_short_trial_run_is_scaled_down(monkeypatch):
+    monkeypatch.setattr(optim, "_WARNED_WARMUP", set())   # warned once per process
     config = get_config("experiments/classification.py:default", ["train.steps=30"])
     with pytest.warns(UserWarning, match="warmup_steps=50 .* warming up for 3 steps"):
         schedule = optim.make_schedule(config.optim, 30)

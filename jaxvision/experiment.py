@@ -106,10 +106,10 @@ def load_experiment(spec_or_path: str) -> Experiment:
     if not spec_or_path:
         raise ConfigError("no experiment given: pass --config experiments/<task>.py:<name> (or "
                           "set config.experiment to that spec).")
-    if hasattr(load_module(split_spec(spec_or_path)[0]), "aux"):
+    module = load_module(split_spec(spec_or_path)[0])
+    if hasattr(module, "aux"):
         raise ConfigError(f"{spec_or_path}: the experiment hook 'aux' was replaced by 'setup' "
                           "(returning jaxvision.experiment.Setup); see jaxvision/experiment.py.")
-    module = load_module(split_spec(spec_or_path)[0])
     missing = [f for f in ("build_model", "loss", "evaluate") if not hasattr(module, f)]
     if missing:
         raise ConfigError(f"{module.__file__} lacks {', '.join(missing)}: an experiment module "

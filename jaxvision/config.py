@@ -85,6 +85,10 @@ _INT_RANGES = {
     "optim.warmup_steps": (0, "steps of linear warm-up"),
     "parallel.num_devices": (0, "devices to use; 0 = all"),
 }
+_EVAL_INT_RANGES = {
+    "every": (-1, "steps between its runs; 0 = only at the end, -1 = train.eval_every"),
+    "batch_size": (0, "its global batch; 0 = train.eval_batch_size"),
+}
 _CHOICES = {"train.best_mode": (("max", "min"), "whether a larger train.best_metric is better"),
             "parallel.strategy": (("jit", "pmap"), "how steps are compiled over the devices")}
 
@@ -107,11 +111,7 @@ def check_config(config: Any) -> None:
     if config.get("data") is not None:
         check_data_config(config.data)
     for name, ev in (config.get("evals") or {}).items():
-        for key, low in (("every", -1), ("batch_size", 0)):
-            value = ev.get(key, low)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"evals.{name}.{key}={value!r} must be an integer >= {low} "
-                                  "(see jaxvision/evaluators.py).")
+        check_ranges(ev.get, _EVAL_INT_RANGES, {}, prefix=f"evals.{name}.", error=ConfigError)
 
 
 def load_module(path: str | Path) -> ModuleType:
@@ -155,8 +155,8 @@ def normalize_spec(spec: str) -> str:
 
 
 # Keys added to base_config after runs were already saved without them: a saved config that
-# lacks one is read as holding this value (its behaviour then), so old workdirs keep resuming.
-_ADDED_KEYS = {"evals": {}, "data.bad_examples": "error", "data.max_pixels": 50_000_000}
+# lacks one is read as holding its default (its behaviour then), so old workdirs keep resuming.
+_ADDED_KEYS = ("evals", "data.bad_examples", "data.max_pixels")
 
 
 def migrate(saved: dict, current: dict) -> dict:
@@ -165,13 +165,15 @@ def migrate(saved: dict, current: dict) -> dict:
     ``experiment`` missing from an old run's config is taken from ``current`` (the spec the
     user gave for it now)."""
     out = json.loads(json.dumps(saved))   # a deep copy
-    for key, value in _ADDED_KEYS.items():
+    defaults = to_dict(base_config())
+    for key in _ADDED_KEYS:
         *parents, leaf = key.split(".")
-        node = out
+        node, default = out, defaults
         for p in parents:
             node = node.get(p) if isinstance(node, dict) else None
+            default = default[p]
         if isinstance(node, dict):
-            node.setdefault(leaf, value)
+            node.setdefault(leaf, default[leaf])
     if not out.get("experiment") and current.get("experiment"):
         out["experiment"] = current["experiment"]
     return out

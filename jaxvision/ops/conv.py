@@ -134,17 +134,18 @@ def measured_rule(x_shape: Sequence[int], w_shape: Sequence[int], strides: Seque
     return "im2col" if big else "xla"
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _conv(x, w, strides, pads, dilation, formulation, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(x, w, strides, pads, dilation, precision):
+    """The forward convolution; its VJP takes the kernel gradient by 'im2col'."""
     return lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation,
                                     dimension_numbers=_NHWC, precision=precision)
 
 
-def _conv_fwd(x, w, strides, pads, dilation, formulation, precision):
-    return _conv(x, w, strides, pads, dilation, formulation, precision), (x, w)
+def _conv_fwd(x, w, strides, pads, dilation, precision):
+    return _conv(x, w, strides, pads, dilation, precision), (x, w)
 
 
-def _conv_bwd(strides, pads, dilation, formulation, precision, res, dy):
+def _conv_bwd(strides, pads, dilation, precision, res, dy):
     x, w = res
     _, vjp_x = jax.vjp(lambda x_: lax.conv_general_dilated(
         x_, w, strides, pads, rhs_dilation=dilation, dimension_numbers=_NHWC,
@@ -185,4 +186,4 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         batch_group_count, precision, preferred_element_type)
-    return _conv(lhs, rhs, strides, pads, dilation, formulation, precision)
+    return _conv(lhs, rhs, strides, pads, dilation, precision)

@@ -116,14 +116,26 @@ def feature_fn(model: Any, prepare: Callable[[Any], jax.Array] | None = None
     return ordered
 
 
+def batch_taps(run: Any) -> tuple[Callable, list[str]]:
+    """``(fn(variables, batch, setup_data) -> {'features': {layer: (N, C)}, 'label': (N,)},
+    layer order)`` for ``loop.predict``: one function, so every split reuses one compile."""
+    taps, order = tap_fn(run.model, functools.partial(run.exp.prepare, run.config))
+
+    def fn(variables, batch, setup_data):
+        del setup_data
+        return {"features": taps(variables, batch), "label": batch["label"]}
+    return fn, order
+
+
 def extract(run: Any, device_state: Any, source: Source, *, max_examples: int = 5000,
-            layers: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+            layers: Sequence[str] | None = None, taps: tuple[Callable, list[str]] | None = None
+            ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Runs ``source`` (capped to ``max_examples``) through the run's model once, on its device
     mesh through the core's prediction path (``loop.predict``, every process).
 
     Returns ({layer: (N, C) float32} in the model's layer order, labels (N,) int64), in the
     source's order; ``layers`` keeps only those taps (unknown names raise ``ValueError`` listing
-    the available ones).
+    the available ones). ``taps``: a ``batch_taps(run)`` to reuse (one compile for all splits).
     """
     from jaxvision.data.pipeline import make_loader
     from jaxvision.tools.crossval import IndexSubset
@@ -137,12 +149,7 @@ def extract(run: Any, device_state: Any, source: Source, *, max_examples: int = 
         source = IndexSubset(source, idx)
     loader = make_loader(config.data, source.info.split, mode="eval", source=source,
                          global_batch=int(config.train.eval_batch_size), seed=int(config.seed))
-    taps, order = tap_fn(run.model, functools.partial(run.exp.prepare, config))
-
-    def fn(variables, batch, setup_data):
-        del setup_data
-        return {"features": taps(variables, batch), "label": batch["label"]}
-
+    fn, order = taps if taps is not None else batch_taps(run)
     out = loop.predict(run, device_state, fn, loader)
     feats = {k: out["features"][k] for k in order}
     if layers is not None:
@@ -250,7 +257,7 @@ def run_probe(config: Any, workdir: str | Path, *, experiment: Experiment | str 
     (restored,) = loop.restore_checkpoints(run, workdir, [checkpoint])
     device_state = run.strategy.put_state(restored.state)
     data = config.data
-    kw = dict(max_examples=max_examples, layers=layers)
+    kw = dict(max_examples=max_examples, layers=layers, taps=batch_taps(run))
     train_f, train_y = extract(run, device_state, build_source(data, data.train_split), **kw)
     eval_f, eval_y = extract(run, device_state, build_source(data, data.eval_split), **kw)
     num_classes = int(run.info.num_classes or max(train_y.max(), eval_y.max()) + 1)

@@ -438,7 +438,8 @@ class Checkpointer:
         # checkpoint; train_metrics are informational and are read separately below.
         json_names = [n for n in ("data_state", "meta") if n in present]
         # Checkpoints written before TrainState lost its always-None 'aux' field still hold it.
-        legacy = isinstance(stored, Mapping) and set(stored) - set(_flat_top(abstract)) == {"aux"}
+        legacy = (isinstance(stored, Mapping) and dataclasses.is_dataclass(abstract)
+                  and set(stored) - {f.name for f in dataclasses.fields(abstract)} == {"aux"})
         target = ({**{f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)},
                    "aux": None} if legacy else abstract)
         args = {STATE_ITEM: ocp.args.StandardRestore(target, fallback_sharding=_fallback_sharding())}
@@ -626,13 +627,6 @@ def _abstract_leaf(x: Any) -> Any:
         f"restore target leaf of type {type(x).__name__} is not supported; use arrays, "
         "jax.ShapeDtypeStruct (e.g. from jax.eval_shape) or python scalars"
     )
-
-
-def _flat_top(tree: PyTree) -> set[str]:
-    """The top-level field names of a state (a flax dataclass or a dict)."""
-    if isinstance(tree, Mapping):
-        return set(tree)
-    return {f.name for f in dataclasses.fields(tree)} if dataclasses.is_dataclass(tree) else set()
 
 
 def _key_str(entry: Any) -> str:

@@ -61,7 +61,7 @@ class Run:
     metric_names: list[dict[str, str]]   # per evaluator: its key -> the name it is logged under
     setup: Setup                         # the experiment's, built once on the host
     setup_data: Any = None               # setup.data placed on the devices (None when there is none)
-    _eval_steps: dict = dataclasses.field(default_factory=dict)
+    _eval_steps: dict = dataclasses.field(default_factory=dict)   # evaluator index or fn -> step
 
     @property
     def eval_loader(self) -> Any:
@@ -222,12 +222,14 @@ def predict(run: Run, device_state: Any, fn: Callable, loader: Any) -> dict[str,
     """Every example of ``loader`` (an eval-mode loader) through ``fn(variables, batch,
     setup_data) -> {name: (N, ...)}`` on the run's device mesh, as evaluators see it: returns
     ``{name: (num_examples, ...)}`` numpy arrays in the loader's order (padding dropped), on
-    every process. For tools (ensemble, probe) that need the raw per-example outputs."""
-    def with_valid(variables, batch, setup_data):
-        return {**fn(variables, batch, setup_data), "valid": batch["valid"]}
-
-    step = run.strategy.compile_eval(make_eval_step(with_valid, "gather", run.strategy.axis_name),
-                                     "gather")
+    every process. For tools (ensemble, probe) that need the raw per-example outputs. Calls
+    with the same ``fn`` reuse its compiled step (e.g. one per checkpoint of an ensemble)."""
+    if fn not in run._eval_steps:
+        def with_valid(variables, batch, setup_data):
+            return {**fn(variables, batch, setup_data), "valid": batch["valid"]}
+        run._eval_steps[fn] = run.strategy.compile_eval(
+            make_eval_step(with_valid, "gather", run.strategy.axis_name), "gather")
+    step = run._eval_steps[fn]
     chunks = list(_outputs(run, step, device_state, loader, "gather"))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *chunks)
 
@@ -292,7 +294,7 @@ def _check_resume_config(config: Any, meta: dict | None, force: bool) -> None:
     new.get("train", {}).pop("steps", None)
     lines = config_lib.diff(old, new)
     if lines and not force:
-        raise config_lib.ConfigError("the workdir holds a run with a different config:\n  " + "\n  ".join(lines)
+        raise ConfigError("the workdir holds a run with a different config:\n  " + "\n  ".join(lines)
                             + "\nUse another --workdir, undo the change, or pass --force to resume "
                             "anyway (only train.steps may change freely).")
 
@@ -351,7 +353,7 @@ def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int
         restored_step = restored.step
         if restored_step > total:
             ckpt.close()
-            raise config_lib.ConfigError(
+            raise ConfigError(
                 f"the run in {workdir} is already at step {restored_step}, past train.steps="
                 f"{total}; raise --config.train.steps to continue it, or use another --workdir.")
         final = [r for r in read_metrics(workdir) if r.get("split") == "eval"

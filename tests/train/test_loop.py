@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -131,18 +130,8 @@ def _cli(*args, env_extra=None, **kw):
                           capture_output=True, text=True, **kw)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jaxvision", "train", "--config", f"{TINY}:tiny", "--workdir",
-         str(tmp_path), "--no-progress", "--config.train.steps=100000",
-         "--config.train.checkpoint_every=0", "--config.train.eval_every=0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
-        time.sleep(0.2)
-    assert metrics.exists(), proc.communicate()[1]
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, endless_trainer):
+    proc = endless_trainer(tmp_path)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -58,19 +57,10 @@ def test_lock_refuses_a_second_holder_and_takes_over_a_stale_one(tmp_path):
             pass
 
 
-def test_concurrent_trainer_is_refused_and_ctrl_c_saves_and_resumes_exactly(tmp_path):
+def test_concurrent_trainer_is_refused_and_ctrl_c_saves_and_resumes_exactly(
+        tmp_path, endless_trainer):
     work = tmp_path / "run"
-    first = subprocess.Popen(
-        [sys.executable, "-m", "jaxvision", "train", "--config", f"{TINY}:tiny", "--workdir",
-         str(work), "--no-progress", "--config.train.steps=100000",
-         "--config.train.checkpoint_every=0", "--config.train.eval_every=0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    metrics = work / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
-        time.sleep(0.2)
-    assert metrics.exists(), first.communicate()[1]
+    first = endless_trainer(work)
     second = _cli("train", "--config", f"{TINY}:tiny", "--workdir", str(work), "--no-progress",
                   "--config.optim.lr=0.1")
     assert second.returncode == 2, second.stderr

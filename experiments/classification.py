@@ -94,6 +94,27 @@ def predict(config: Any, model, variables: dict, batch: dict, setup: Setup | Non
     return {"logits": logits, "probabilities": jax.nn.softmax(logits, axis=-1)}
 
 
+def _class_name(info: SourceInfo, index: int) -> str:
+    return info.class_names[index] if index < len(info.class_names) else str(index)
+
+
+def describe(config: Any, outputs: dict, info: SourceInfo) -> dict:
+    """``predict``'s record of one image: ``top5`` as ``[{"class", "index", "probability"}]``,
+    most probable first (fewer with fewer classes)."""
+    p = np.asarray(outputs["probabilities"], np.float64)
+    order = np.argsort(-p, kind="stable")[:5]
+    return {"top5": [{"class": _class_name(info, int(i)), "index": int(i),
+                      "probability": round(float(p[i]), 6)} for i in order]}
+
+
+def draw(config: Any, example: dict, outputs: dict, info: SourceInfo) -> np.ndarray:
+    """The input image beside its top-5 classes and their probabilities."""
+    from jaxvision import viz
+    top = describe(config, outputs, info)["top5"]
+    return viz.top_k_panel(example["image"], [t["class"] for t in top],
+                           [t["probability"] for t in top], title=top[0]["class"])
+
+
 def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
     """Saves ``confusion_matrix.png`` (rows normalized) and per-class precision/recall/F1."""
     from jaxvision import viz
@@ -293,7 +314,7 @@ def _imagenet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """ImageNet-2012 at 224x224: random-resized crops and flips, resize + centre crop for eval."""
     config = _declare(_tfds(config, "imagenet2012", eval_split="validation"), (224, 224, 3), 1000)
     config.data.train_pp = "random_resized_crop(224)|flip_lr|normalize(mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))"
-    config.data.eval_pp = "resize(256)|center_crop(224)|normalize(mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))"
+    config.data.eval_pp = "resize_short(256)|center_crop(224)|normalize(mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))"
     config.data.num_workers = 8
     config.optim.name = "momentum"
     config.optim.momentum = 0.9
@@ -326,6 +347,17 @@ def vgg16_imagenet() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(name="vgg16", dropout=0.5, norm="none"))
     config.optim.lr = 0.01
     config.train.steps = _steps(74, 1281167, 256)
+    return config
+
+
+def torchvision_imagenet() -> ml_collections.ConfigDict:
+    """An ImageNet classifier with torchvision's weights (`import-weights` writes its workdir)."""
+    config = _imagenet(_base())
+    # torchvision's evaluation: shorter side 256, centre 224, its exact mean and std.
+    config.data.eval_pp = ("resize_short(256)|center_crop(224)|normalize(mean=(123.675, 116.28, "
+                           "103.53), std=(58.395, 57.12, 57.375))")
+    config.model = ml_collections.ConfigDict(dict(name="resnet50"))
+    config.optim.lr = 0.01
     return config
 
 
@@ -377,5 +409,6 @@ CONFIGS = {
     "resnet18_cifar10": resnet18_cifar10,
     "alexnet_imagenet": alexnet_imagenet,
     "vgg16_imagenet": vgg16_imagenet,
+    "torchvision_imagenet": torchvision_imagenet,
     "alexnet_ablation": alexnet_ablation,
 }

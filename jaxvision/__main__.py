@@ -1,7 +1,7 @@
 """The command line: ``python -m jaxvision <command> ...``.
 
 Commands: ``train``, ``eval``, ``list``, ``summary``, ``bench``, ``data prepare``, ``data show``,
-``ablate``, ``crossval``, ``probe``, ``ensemble``.
+``ablate``, ``crossval``, ``probe``, ``ensemble``, ``predict``, ``export``, ``import-weights``.
 Config overrides follow the other flags as ``--config.<key>=<value>`` (or ``--config.<key> <value>``).
 Commands that report numbers print one JSON object on the last line of stdout.
 """
@@ -110,6 +110,36 @@ def _parser() -> argparse.ArgumentParser:
     en.add_argument("--snapshots", action="store_true",
                     help="members = the cycle-end checkpoints of each workdir (cosine_restarts)")
     en.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
+    pd = sub.add_parser("predict", help="run a trained model on image files or folders; writes "
+                                        "predictions.jsonl and a picture per image")
+    pd.add_argument("--workdir", required=True)
+    pd.add_argument("--config", default=None, help="default: the config the workdir recorded")
+    pd.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
+    pd.add_argument("inputs", nargs="+", help="image files or folders")
+    pd.add_argument("--right", nargs="+", default=None,
+                    help="stereo models: the right view of each input, in the same order")
+    pd.add_argument("--out", required=True, help="output folder")
+    pd.add_argument("--batch-size", type=_positive, default=None,
+                    help="images per device batch (default: train.eval_batch_size)")
+    pd.add_argument("--no-pictures", action="store_true", help="write only predictions.jsonl")
+    pd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ex = sub.add_parser("export", help="serialize the model's predict function (StableHLO, "
+                                       "jax.export) with its weights into one file")
+    ex.add_argument("--workdir", required=True)
+    ex.add_argument("--config", default=None, help="default: the config the workdir recorded")
+    ex.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
+    ex.add_argument("--out", required=True, help="the file to write (e.g. model.jvx)")
+    ex.add_argument("--platforms", default="",
+                    help="comma-separated: cpu, cuda, rocm, tpu (default: this machine's backend)")
+    iw = sub.add_parser("import-weights", help="turn a torchvision state dict (.safetensors) into "
+                                               "a workdir that transfer, eval and predict read")
+    iw.add_argument("--model", required=True, help="alexnet, vgg11, vgg11_bn, vgg16, vgg16_bn, "
+                                                   "resnet18, resnet34, resnet50, ...")
+    iw.add_argument("--from", dest="source", required=True, help="FILE.safetensors")
+    iw.add_argument("--out", required=True, help="the workdir to create")
+    iw.add_argument("--classes", default=None,
+                    help="a text file of class names, one per line (default: the ImageNet "
+                         "WordNet ids)")
     return p
 
 
@@ -195,6 +225,30 @@ def _run(args, overrides, get_config) -> int:
         _print_json(ensemble_from_specs(args.config, args.workdir, overrides=overrides,
                                         snapshots=args.snapshots,
                                         checkpoint=None if which == "latest" else which))
+        return 0
+    if args.command in ("predict", "export"):
+        from jaxvision.inference import load_predictor
+        predictor = load_predictor(args.workdir, args.checkpoint, config=args.config,
+                                   overrides=overrides,
+                                   batch_size=getattr(args, "batch_size", None) or 0)
+        if args.command == "export":
+            from jaxvision import export
+            platforms = [p for p in args.platforms.split(",") if p] or None
+            _print_json(export.export_predictor(predictor, args.out, platforms=platforms))
+            return 0
+        from jaxvision.tools.predict import predict_files
+        result = predict_files(predictor, args.inputs, args.out, rights=args.right,
+                               progress=not args.no_progress, pictures=not args.no_pictures)
+        _print_json(result.to_json())
+        if result.failed:
+            print(f"error: {len(result.failed)} of {result.inputs} inputs could not be read "
+                  f"(named above); the predictions of the others are in {result.out}",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return 0
+    if args.command == "import-weights":
+        from jaxvision.tools.import_weights import import_weights
+        _print_json(import_weights(args.model, args.source, args.out, classes=args.classes))
         return 0
     if args.command in ("eval", "probe") and args.config is None:
         # The run says which experiment and config it is (its workdir's config.json).

@@ -19,6 +19,12 @@ few pure functions (``variables`` below is ``{'params': params, **model_state}``
   per-example outputs (``logits``, ``embedding``, boxes, ...) that gathering evaluators
   (``jaxvision.evaluators``), ``ensemble``, ``probe`` and ``predict`` read, one row per example of
   the batch, never reduced over it;
+* optional ``describe(config, outputs, info) -> dict``: the JSON record ``predict`` writes for one
+  input (``outputs``: that example's ``predict`` outputs, numpy, no batch axis), e.g. the top-5
+  classes; default: every output as a (nested) list;
+* optional ``draw(config, example, outputs, info) -> (H, W, 3) uint8``: the picture ``predict``
+  saves for one input (``example``: its images as read from disk, before any transform);
+  default: no picture;
 * optional ``setup(config, info) -> Setup``: host-side, once per run (fresh or resumed, and for
   ``eval``), for what the traced functions need but must not build themselves: a teacher's model
   and variables, anchors, class names, a ground-truth index. ``Setup.static`` holds Python
@@ -77,6 +83,8 @@ class Experiment:
     report: Callable | None = None
     predict: Callable | None = None
     setup: Callable | None = None
+    describe: Callable | None = None
+    draw: Callable | None = None
     spec: str = ""
 
     def build_setup(self, config: Any, info: Any) -> "Setup":
@@ -119,6 +127,7 @@ def load_experiment(spec_or_path: str) -> Experiment:
                       prepare=getattr(module, "prepare", default_prepare),
                       init=getattr(module, "init", None), report=getattr(module, "report", None),
                       predict=getattr(module, "predict", None), setup=getattr(module, "setup", None),
+                      describe=getattr(module, "describe", None), draw=getattr(module, "draw", None),
                       spec=normalize_spec(spec_or_path))
 
 

@@ -107,6 +107,34 @@ def image_for_display(image: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def render(fig: Figure, dpi: int = 100) -> np.ndarray:
+    """Returns the drawn ``fig`` as an (H, W, 3) uint8 RGB array."""
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def top_k_panel(image: np.ndarray, names: Sequence[str], values: Sequence[float], *,
+                title: str = "") -> np.ndarray:
+    """The image beside a bar chart of ``values`` (e.g. the top-5 probabilities, highest first)
+    labelled by ``names``; returns an (H, W, 3) uint8 picture (about 640 x 260 pixels)."""
+    fig = _new_figure(6.4, 2.6)
+    ax_img, ax_bar = fig.subplots(1, 2, width_ratios=(1, 1.5))
+    ax_img.imshow(image_for_display(image), interpolation="nearest")
+    ax_img.set_axis_off()
+    if title:
+        ax_img.set_title(title, fontsize=8)
+    y = np.arange(len(values))
+    ax_bar.barh(y, values, color=[_palette(i) for i in range(len(values))])
+    ax_bar.set_yticks(y, [str(n)[:28] for n in names], fontsize=8)
+    ax_bar.invert_yaxis()
+    ax_bar.set_xlim(0, 1)
+    for i, v in enumerate(values):
+        ax_bar.text(min(float(v), 0.75) + 0.02, i, f"{float(v):.3f}", va="center", fontsize=8)
+    ax_bar.tick_params(axis="x", labelsize=7)
+    return render(fig)
+
+
 def overlay_labels(image_rgb: np.ndarray, labels: np.ndarray, *, instance: bool = False) -> np.ndarray:
     """Returns ``image_rgb`` (H, W, 3) in [0, 1] blended with one colour per id of ``labels`` (H, W).
 

@@ -248,6 +248,25 @@ class Resize(_Spec):
         return resize(example, *self.size)
 
 
+@register("resize_short")
+@dataclasses.dataclass(frozen=True)
+class ResizeShort(_Spec):
+    """Resizes so that the shorter side is ``side`` pixels, keeping the aspect ratio: the longer
+    side becomes ``int(side * long / short)``, as torchvision's ``Resize(int)``. See ``resize``."""
+
+    side: int
+
+    def __post_init__(self):
+        if not isinstance(self.side, (int, np.integer)) or self.side < 1:
+            raise ValueError(f"resize_short: side must be a positive int; got {self.side!r}.")
+
+    def __call__(self, example: Example, rng: np.random.Generator) -> Example:
+        h, w = _hw(example)
+        s = int(self.side)
+        size = (s, max(1, int(s * w / h))) if h <= w else (max(1, int(s * h / w)), s)
+        return resize(example, *size)
+
+
 @register("random_crop")
 @dataclasses.dataclass(frozen=True)
 class RandomCrop(_Spec):

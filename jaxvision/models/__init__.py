@@ -48,6 +48,10 @@ MODELS: dict[str, ModelSpec] = {
     "small_cnn": _spec(SmallCNN, "3-stage conv-norm-relu net, the default for 64x64 scenes", num_classes=10),
     "lenet5": _spec(LeNet5, "LeNet-5, 32x32 (28x28 zero-padded)", num_classes=10),
     "alexnet": _spec(AlexNet, "AlexNet, ungrouped, 224x224", num_classes=1000),
+    "alexnet_torchvision": _spec(
+        AlexNet, "AlexNet as torchvision builds it (64-192-384-256-256), 224x224", num_classes=1000,
+        channels=(64, 192, 384, 256, 256),
+    ),
     "alexnet_small": _spec(
         AlexNet, "AlexNet at width 1/4 with a 3x3/1 stem and a 3x3 grid, for 32-64 px inputs",
         num_classes=10, width=0.25, stem_kernel=3, stem_stride=1, grid=3,

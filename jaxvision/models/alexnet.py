@@ -40,6 +40,9 @@ class AlexNet(nn.Module):
     32x32 use ``stem_kernel=3, stem_stride=1``, at 64x64 ``stem_kernel=5, stem_stride=2``.
     ``width`` scales all conv channels and fc sizes.
 
+    ``channels``: conv1..conv5 widths before ``width`` scaling (published (96, 256, 384, 384, 256);
+    torchvision's single-tower model, ``alexnet_torchvision``, has (64, 192, 384, 256, 256)).
+
     ``remove`` drops any of conv1..conv5, fc6, fc7; the next layer simply reads what the
     previous surviving layer produced (e.g. without conv3, conv4 reads conv2's 256 maps; without
     fc6 and fc7 the head reads the flattened pooled conv5 grid). A removed conv's LRN goes with
@@ -57,6 +60,7 @@ class AlexNet(nn.Module):
     stem_stride: int = 4
     stem_padding: int | None = None
     grid: int = 6
+    channels: tuple[int, ...] = tuple(c[1] for c in _CONVS)
     lrn: bool = False
     groups: int = 1
     remove: tuple[str, ...] = ()
@@ -72,6 +76,9 @@ class AlexNet(nn.Module):
         unknown = sorted(set(self.remove) - set(REMOVABLE))
         if unknown:
             raise ValueError(f"AlexNet remove={tuple(self.remove)}: unknown layer(s) {unknown}; choose from {REMOVABLE}")
+        if len(self.channels) != len(_CONVS) or min(self.channels) < 1:
+            raise ValueError(f"AlexNet channels={tuple(self.channels)} must give {len(_CONVS)} "
+                             "positive widths, conv1..conv5")
         if self.grid < 1:
             raise ValueError(f"AlexNet grid must be >= 1, got {self.grid}")
         layers.check_image_batch(x, "AlexNet")
@@ -84,7 +91,8 @@ class AlexNet(nn.Module):
 
         h = x.astype(dtype)
         features: dict[str, Array] = {}
-        for i, (name, channels, kernel, padding, lrn_after, pool_after) in enumerate(_CONVS, start=1):
+        for i, (name, _, kernel, padding, lrn_after, pool_after) in enumerate(_CONVS, start=1):
+            channels = self.channels[i - 1]
             if name not in self.remove:
                 stride = 1
                 if name == "conv1":

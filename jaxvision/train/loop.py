@@ -147,6 +147,25 @@ def build(config: Any, exp: Experiment, sources: tuple[Any, Any] | None = None, 
     return run
 
 
+def inference_run(config: Any, exp: Experiment, info: SourceInfo, variables: dict
+                  ) -> tuple[Run, Any]:
+    """A ``Run`` that only predicts (no data, optimizer or evaluators) with ``variables`` (e.g.
+    ``transfer.read_variables``) on its device mesh; returns ``(run, device_state)`` for
+    ``predict(run, device_state, fn, batches)``."""
+    n = int(config.parallel.get("num_devices", 0))
+    strategy = Strategy(str(config.parallel.strategy), jax.devices()[:n] if n else None)
+    model = exp.build_model(config, info, axis_name=strategy.axis_name)
+    setup = exp.build_setup(config, info)
+    state = state_lib.TrainState(
+        step=np.zeros((), np.int32), params=variables["params"],
+        model_state={k: v for k, v in variables.items() if k != "params"}, opt_state=(),
+        rng=np.zeros((2,), np.uint32), ema_params=None, bad_step=np.full((), -1, np.int32))
+    run = Run(config, exp, strategy, info, model, optimizer=None, state=state, train_loader=None,
+              evaluators=[], eval_loaders={}, metric_names=[], setup=setup)
+    run.setup_data = strategy.put_state(setup.data) if setup.data is not None else None
+    return run, strategy.put_state(state)
+
+
 def _metric_names(config: Any, exp: Experiment, model: Any, evaluators: list[Evaluator],
                   loaders: dict, state: Any, setup: Setup, sample: dict) -> list[dict[str, str]]:
     """Traces every evaluator once (no compile) for its metric keys, resolves name clashes, and
@@ -373,6 +392,10 @@ def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int
         tmp = workdir / "config.json.tmp"
         tmp.write_text(json.dumps(meta["config"], indent=2))
         os.replace(tmp, workdir / "config.json")   # never a half-written config.json
+        # What `predict` and `export` need to run the model without its data set.
+        from jaxvision import inference
+        inference.write_model_info(workdir, inference.model_info_of(
+            config.data, run.eval_loader.source, run.info))
     start = int(host_state.step)
     if is_main and start:
         # The logs describe the state on disk: records after the restored step (written by a

@@ -1,0 +1,179 @@
+"""``python -m jaxvision predict``: a trained model on a user's image files.
+
+Writes ``OUT/predictions.jsonl`` (one line per input, in input order: ``file``, the
+experiment's ``describe`` record and ``picture``, or ``error`` for a file that could not be
+read) and one picture per image drawn by the experiment's ``draw`` hook (classification: the
+top-5 classes). Folders are walked recursively for image files (by suffix, sorted); files named
+directly are always tried. A file that cannot be decoded (empty, truncated, not an image) or has
+more pixels than the run's ``data.max_pixels`` (read from the header, before decoding) is named
+on stderr and skipped; ``predict`` then exits non-zero with the count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from jaxvision.data.local import IMAGE_SUFFIXES, BadFile, read_image
+from jaxvision.inference import Predictor
+
+PREDICTIONS = "predictions.jsonl"
+
+
+@dataclasses.dataclass
+class PredictResult:
+    """What ``predict_files`` did: inputs seen, predicted, and the failures ``(file, reason)``."""
+
+    inputs: int
+    predicted: int
+    failed: list[tuple[str, str]]
+    out: str
+
+    def to_json(self) -> dict:
+        return {"inputs": self.inputs, "predicted": self.predicted, "failed": len(self.failed),
+                "out": self.out}
+
+
+def _natural(path: Path) -> list:
+    import re
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
+
+
+def list_inputs(paths: Sequence[str | Path]) -> list[Path]:
+    """Files named in ``paths`` as they are; folders walked for image files (by suffix), sorted
+    naturally. Paths that do not exist are kept, to be reported as failures."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = [f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                     and not any(part.startswith(".") for part in f.relative_to(p).parts)]
+            out.extend(sorted(found, key=_natural))
+        else:
+            out.append(p)
+    return out
+
+
+def _read(path: Path, channels: int, max_pixels: int) -> np.ndarray:
+    if not path.exists():
+        raise BadFile(path, "does not exist")
+    if path.is_dir():
+        raise BadFile(path, "is a folder with no image files")
+    return read_image(path, channels, max_pixels)
+
+
+def _picture_name(path: Path, taken: set[str]) -> str:
+    name, k = f"{path.stem}.png", 1
+    while name in taken:
+        name, k = f"{path.stem}_{k}.png", k + 1
+    taken.add(name)
+    return name
+
+
+def _default_record(outputs: dict) -> dict:
+    return {k: np.round(np.asarray(v, np.float64), 6).tolist() for k, v in outputs.items()}
+
+
+def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path, *,
+                  rights: Sequence[str | Path] | None = None, progress: bool = False,
+                  pictures: bool = True) -> PredictResult:
+    """Runs ``predictor`` on the image files of ``inputs`` (files or folders); writes
+    ``out_dir/predictions.jsonl`` and the pictures. ``rights``: the right views of stereo pairs,
+    one per input (files, or folders listed the same way)."""
+    files = list_inputs(inputs)
+    keys = predictor.model_info.keys
+    stereo = "image_right" in keys
+    right_files = list_inputs(rights) if rights else []
+    if rights and not stereo:
+        raise ValueError("--right gives the right views of stereo pairs, but this model takes one "
+                         "image per input; drop --right.")
+    if stereo and len(right_files) != len(files):
+        raise ValueError(f"this stereo model takes left/right pairs: give as many --right images "
+                         f"({len(right_files)}) as inputs ({len(files)}), in the same order.")
+    if not files:
+        raise FileNotFoundError(f"no image files in {', '.join(map(str, inputs))} (looked for "
+                                f"{', '.join(sorted(IMAGE_SUFFIXES))}).")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config, exp, info = predictor.config, predictor.exp, predictor.info
+    channels = predictor.model_info.channels
+    max_pixels = int(config.data.get("max_pixels", 50_000_000))
+
+    def load(i: int) -> tuple[dict | None, dict | None, str]:
+        try:
+            raw = {"image": _read(files[i], channels, max_pixels)}
+            if stereo:
+                raw["image_right"] = _read(right_files[i], channels, max_pixels)
+            return raw, predictor.prepare(raw), ""
+        except BadFile as e:
+            return None, None, f"{e.path!r}: {e.reason}"
+
+    failed: list[tuple[str, str]] = []
+    taken: set[str] = set()
+    predicted = 0
+    bar = _progress(len(files), progress)
+    tmp = out_dir / (PREDICTIONS + ".tmp")
+    with open(tmp, "w") as f, ThreadPoolExecutor(max_workers=4) as pool:
+        for start in range(0, len(files), predictor.batch_size):
+            index = range(start, min(start + predictor.batch_size, len(files)))
+            loaded = list(pool.map(load, index))
+            good = [i for i, (_, ex, _) in zip(index, loaded) if ex is not None]
+            outputs = iter(predictor([loaded[i - start][1] for i in good]) if good else [])
+            for i, (raw, _, error) in zip(index, loaded):
+                line: dict[str, Any] = {"file": str(files[i])}
+                if stereo:
+                    line["right"] = str(right_files[i])
+                if raw is None:
+                    failed.append((str(files[i]), error))
+                    bar.write(f"error: {error}")
+                    line["error"] = error
+                else:
+                    out = next(outputs)
+                    describe = exp.describe(config, out, info) if exp.describe else _default_record(out)
+                    line.update(describe)
+                    if pictures and exp.draw is not None:
+                        from PIL import Image
+                        name = _picture_name(files[i], taken)
+                        Image.fromarray(np.asarray(exp.draw(config, raw, out, info),
+                                                   np.uint8)).save(out_dir / name)
+                        line["picture"] = name
+                    predicted += 1
+                f.write(json.dumps(line) + "\n")
+            bar.update(len(index))
+    bar.close()
+    os.replace(tmp, out_dir / PREDICTIONS)
+    return PredictResult(len(files), predicted, failed, str(out_dir))
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def write(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled or total < 2:
+        return _NoBar()
+    from tqdm import tqdm
+    bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
+    bar.write = lambda text: tqdm.write(text, file=sys.stderr)  # above the bar, not through it
+    return bar
+
+
+def iter_lines(out_dir: str | Path) -> Iterator[dict]:
+    """The records of ``out_dir/predictions.jsonl``."""
+    with open(Path(out_dir) / PREDICTIONS) as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)

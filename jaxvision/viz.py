@@ -107,32 +107,35 @@ def image_for_display(image: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def render(fig: Figure, dpi: int = 100) -> np.ndarray:
-    """Returns the drawn ``fig`` as an (H, W, 3) uint8 RGB array."""
-    fig.set_dpi(dpi)
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-
-
 def top_k_panel(image: np.ndarray, names: Sequence[str], values: Sequence[float], *,
                 title: str = "") -> np.ndarray:
-    """The image beside a bar chart of ``values`` (e.g. the top-5 probabilities, highest first)
-    labelled by ``names``; returns an (H, W, 3) uint8 picture (about 640 x 260 pixels)."""
-    fig = _new_figure(6.4, 2.6)
-    ax_img, ax_bar = fig.subplots(1, 2, width_ratios=(1, 1.5))
-    ax_img.imshow(image_for_display(image), interpolation="nearest")
-    ax_img.set_axis_off()
+    """The image beside a bar chart of ``values`` in [0, 1] (e.g. the top-5 probabilities,
+    highest first) labelled by ``names``; returns a (260, 640, 3) uint8 picture.
+
+    Drawn with PIL, not matplotlib: ``predict`` makes one per input image (~1 ms, not ~150)."""
+    from PIL import Image, ImageDraw, ImageFont
+    canvas = Image.new("RGB", (640, 260), "white")
+    rgb = (image_for_display(image) * 255).round().astype(np.uint8)
+    h, w = rgb.shape[:2]
+    scale = 230 / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = max(h, w) < 230   # blow small images up without blurring their pixels
+    pic = Image.fromarray(rgb).resize(size, Image.NEAREST if small else Image.BILINEAR)
+    canvas.paste(pic, (10 + (230 - size[0]) // 2, 25 + (230 - size[1]) // 2))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=14)
     if title:
-        ax_img.set_title(title, fontsize=8)
-    y = np.arange(len(values))
-    ax_bar.barh(y, values, color=[_palette(i) for i in range(len(values))])
-    ax_bar.set_yticks(y, [str(n)[:28] for n in names], fontsize=8)
-    ax_bar.invert_yaxis()
-    ax_bar.set_xlim(0, 1)
-    for i, v in enumerate(values):
-        ax_bar.text(min(float(v), 0.75) + 0.02, i, f"{float(v):.3f}", va="center", fontsize=8)
-    ax_bar.tick_params(axis="x", labelsize=7)
-    return render(fig)
+        draw.text((10, 4), str(title)[:32], fill="black", font=font)
+    x0, bar_w = 430, 150
+    for i, (name, v) in enumerate(zip(names, values)):
+        y = 30 + i * 44
+        colour = tuple(int(c * 255) for c in _palette(i))
+        draw.text((x0 - 8, y + 6), str(name)[:22], fill="black", font=font, anchor="ra")
+        draw.rectangle((x0, y, x0 + bar_w, y + 28), outline=(200, 200, 200))
+        draw.rectangle((x0, y, x0 + round(bar_w * min(max(float(v), 0.0), 1.0)), y + 28),
+                       fill=colour)
+        draw.text((x0 + bar_w + 6, y + 6), f"{float(v):.3f}", fill="black", font=font)
+    return np.asarray(canvas)
 
 
 def overlay_labels(image_rgb: np.ndarray, labels: np.ndarray, *, instance: bool = False) -> np.ndarray:

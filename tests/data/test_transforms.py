@@ -408,3 +408,20 @@ def test_parse_pp_round_trip_and_identity():
 def test_parse_pp_errors_are_clear(spec, match):
     with pytest.raises(ValueError, match=match):
         parse_pp(spec)
+
+
+@pytest.mark.parametrize("h, w, side, want", [
+    (480, 640, 256, (256, 341)),   # torchvision: int(256 * 640 / 480) = 341
+    (640, 480, 256, (341, 256)),
+    (100, 100, 32, (32, 32)),
+    (7, 300, 4, (4, 171)),
+    (20, 30, 40, (40, 60)),        # upscaling too
+])
+def test_resize_short_keeps_the_aspect_as_torchvision(h, w, side, want):
+    ex = {"image": np.zeros((h, w, 3), np.uint8), "mask": np.zeros((h, w), np.int32),
+          "boxes": np.array([[0.0, 0.0, h, w]], np.float32), "box_classes": np.zeros(1, np.int32)}
+    out = parse_pp(f"resize_short({side})")(ex, np.random.default_rng(0))
+    assert out["image"].shape == (*want, 3) and out["mask"].shape == want
+    np.testing.assert_allclose(out["boxes"], [[0, 0, want[0], want[1]]], rtol=1e-6)
+    with pytest.raises(ValueError, match="side must be a positive int"):
+        parse_pp("resize_short(0)")

@@ -130,3 +130,14 @@ def test_every_registered_model_names_its_classifier_head(name):
     assert out.shape == (2, num_classes) and out.dtype == jnp.float32
     head = variables["params"]["head"]
     assert head["kernel"].shape[-1] == num_classes and head["bias"].shape == (num_classes,)
+
+
+@pytest.mark.parametrize("name, kwargs, total", [
+    ("alexnet_torchvision", {}, 61_100_840),        # torchvision.models.alexnet()
+    ("vgg11", {"norm": "batch"}, 132_868_840),      # torchvision.models.vgg11_bn()
+    ("vgg16", {"norm": "batch"}, 138_365_992),      # torchvision.models.vgg16_bn()
+    ("resnet34", {}, 21_797_672),
+])
+def test_torchvision_counterparts_have_torchvisions_parameter_counts(name, kwargs, total):
+    # Batch-norm running statistics are buffers in torch, not parameters: params only.
+    assert _size(_params(name, **kwargs)) == total

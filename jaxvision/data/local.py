@@ -105,6 +105,11 @@ def _open_image(path: Path | str, max_pixels: int) -> Iterator[Image.Image]:
         try:
             im = Image.open(path)
         except Image.DecompressionBombError as e:  # PIL's own limit, checked on opening
+            m = re.search(r"\((\d+) pixels\)", str(e))
+            if m and int(m[1]) > max_pixels:
+                raise BadFile(path, f"is {int(m[1]):,} pixels, more than data.max_pixels="
+                                    f"{max_pixels:,} (raise data.max_pixels if the image is "
+                                    "genuine)") from e
             raise BadFile(path, f"is refused by PIL before decoding ({_one_line(e, path)}); "
                                 f"data.max_pixels={max_pixels:,}") from e
         with im:

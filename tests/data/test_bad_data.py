@@ -49,7 +49,10 @@ BAD_IMAGES = {
     "text": (b"a text file, not an image\n", {}, "is not an image PIL can read"),
     "truncated_jpeg": (_encoded("JPEG")[:300], {}, "cannot be read (OSError"),
     "truncated_png": (_encoded("PNG")[:400], {}, "cannot be read (OSError"),
-    "pil_bomb": (_png_header(30000, 30000), {}, "refused by PIL before decoding"),
+    "pil_bomb": (_png_header(30000, 30000), {}, "is 900,000,000 pixels, more than data.max_pixels"),
+    # Above PIL's own bomb limit even when data.max_pixels allows it: PIL refuses, and says so.
+    "pil_bomb_allowed": (_png_header(30000, 30000), {"max_pixels": 10**9},
+                         "refused by PIL before decoding"),
     "max_pixels": (_png_header(100, 100), {"max_pixels": 1000},
                    "is 100x100 = 10,000 pixels, more than data.max_pixels=1,000"),
 }

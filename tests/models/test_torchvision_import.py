@@ -225,11 +225,13 @@ def resnet_forward(name, sd, x):
             p = f"layer{s}.{i}"
             stride = 2 if (s > 1 and i == 0) else 1
             if block == "basic":
-                y = relu(np_batch_norm(np_conv2d(h, sd[f"{p}.conv1.weight"], stride=stride, pad=1), sd, f"{p}.bn1"))
+                y = np_conv2d(h, sd[f"{p}.conv1.weight"], stride=stride, pad=1)
+                y = relu(np_batch_norm(y, sd, f"{p}.bn1"))
                 y = np_batch_norm(np_conv2d(y, sd[f"{p}.conv2.weight"], pad=1), sd, f"{p}.bn2")
             else:
                 y = relu(np_batch_norm(np_conv2d(h, sd[f"{p}.conv1.weight"]), sd, f"{p}.bn1"))
-                y = relu(np_batch_norm(np_conv2d(y, sd[f"{p}.conv2.weight"], stride=stride, pad=1), sd, f"{p}.bn2"))
+                y = np_conv2d(y, sd[f"{p}.conv2.weight"], stride=stride, pad=1)
+                y = relu(np_batch_norm(y, sd, f"{p}.bn2"))
                 y = np_batch_norm(np_conv2d(y, sd[f"{p}.conv3.weight"]), sd, f"{p}.bn3")
             if f"{p}.downsample.0.weight" in sd:
                 identity = np_batch_norm(np_conv2d(h, sd[f"{p}.downsample.0.weight"], stride=stride),

@@ -158,8 +158,12 @@ def convert(name: str, state_dict: Mapping[str, np.ndarray], template: Mapping[s
         return np.ascontiguousarray(_to_flax(kind, leaf_name, value.astype(np.float32),
                                              tuple(leaf.shape)))
 
-    out = jax.tree_util.tree_map_with_path(fill, dict(template))
-    left = sorted(k for k in state_dict if k not in used and not k.endswith("num_batches_tracked"))
+    # Parameters first, so that a missing layer is named by its weight, not its statistics.
+    order = ["params", *(c for c in template if c != "params")]
+    out = {c: jax.tree_util.tree_map_with_path(fill, {c: template[c]})[c] for c in order}
+    suffix = "num_batches_tracked"
+    left = sorted(k for k in state_dict if k not in used and not (
+        k.endswith(suffix) and k[:-len(suffix)] + "running_mean" in used))
     if left:
         raise ValueError(f"{source}: {len(left)} tensor(s) are not used by {name}: "
                          f"{', '.join(left[:8])}{', ...' if len(left) > 8 else ''}; is this a "

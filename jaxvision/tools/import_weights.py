@@ -30,7 +30,7 @@ SPEC = "experiments/classification.py:torchvision_imagenet"
 
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """The tensors of a ``.safetensors`` file as numpy arrays (bfloat16 ones as float32)."""
+    """The tensors of a ``.safetensors`` file as numpy arrays (``convert`` casts to float32)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
     path = Path(path)

@@ -314,8 +314,8 @@ def assert_logits_close(got, ref):
 
 
 def assert_trees_equal(a, b):
-    la, ta = jax.tree_util.tree_flatten_with_path(a)
-    lb, tb = jax.tree_util.tree_flatten_with_path(b)
+    la, _ = jax.tree_util.tree_flatten_with_path(a)
+    lb, _ = jax.tree_util.tree_flatten_with_path(b)
     assert [p for p, _ in la] == [p for p, _ in lb]
     for (path, x), (_, y) in zip(la, lb):
         assert np.shape(x) == np.shape(y), path
@@ -346,8 +346,8 @@ def test_torchvision_model_names_map_to_zoo_models():
 @pytest.mark.parametrize("name,size", [("resnet18", (45, 61)), ("resnet50", (64, 96))])
 def test_resnet_logits_match_torchvision(name, size):
     """ResNet (basic and bottleneck blocks, projection shortcuts incl. layer1.0 of resnet50):
-    converted weights give torchvision's logits, on a non-square, odd-sized input (floor
-    rounding of the strided convs and the padded 3x3/2 stem pool)."""
+    converted weights give torchvision's logits on non-square inputs (45x61 for resnet18: odd
+    sizes check the floor rounding of the strided convs and of the padded 3x3/2 stem pool)."""
     sd = resnet_state_dict(name, seed=3)
     variables = convert(name, sd, template(name))
     x = random_input(2, *size)

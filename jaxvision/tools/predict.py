@@ -141,7 +141,7 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
                         from PIL import Image
                         name = _picture_name(files[i], taken)
                         Image.fromarray(np.asarray(exp.draw(config, raw, out, info),
-                                                   np.uint8)).save(out_dir / name)
+                                                   np.uint8)).save(out_dir / name, compress_level=1)
                         line["picture"] = name
                     predicted += 1
                 f.write(json.dumps(line) + "\n")

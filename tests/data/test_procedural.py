@@ -206,3 +206,21 @@ def test_left_right_consistency_cases_and_errors():
         left_right_consistency(dl, dr[:, :3])
     with pytest.raises(ValueError, match=r"\(H, W\)"):
         left_right_consistency(dl[None], dr[None])
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 1000), size=st.sampled_from([8, 16, 33]),
+       objects=st.sampled_from([(1, 1), (1, 4), (3, 7)]), split=st.sampled_from(["train", "test"]))
+def test_identities_fast_path_equals_the_rendered_identities(seed, size, objects, split):
+    src = ProceduralScenes(image_size=size, num_examples=40, min_objects=objects[0],
+                           max_objects=objects[1], seed=seed, split=split)
+    want = [int(src[i]["identity"]) for i in range(len(src))]
+    assert src.identities().tolist() == want
+    assert src.identities().tolist() == want   # the cached copy
+    # A slice of the split keeps the fast path, cut to the slice.
+    cfg = data_config()
+    cfg.procedural.num_train = cfg.procedural.num_eval = 40
+    cfg.procedural.image_size, cfg.procedural.seed = size, seed
+    cfg.procedural.min_objects, cfg.procedural.max_objects = objects
+    sliced = build_source(cfg, f"{split}[10:30]")
+    assert sliced.identities().tolist() == want[10:30]

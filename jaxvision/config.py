@@ -156,7 +156,8 @@ def normalize_spec(spec: str) -> str:
 
 # Keys added to base_config after runs were already saved without them: a saved config that
 # lacks one is read as holding its default (its behaviour then), so old workdirs keep resuming.
-_ADDED_KEYS = ("evals", "data.bad_examples", "data.max_pixels")
+_ADDED_KEYS = ("evals", "data.bad_examples", "data.max_pixels", "data.train_classes",
+               "data.eval_classes")
 
 
 def migrate(saved: dict, current: dict) -> dict:

@@ -43,7 +43,9 @@ def data_config(name: str = "procedural") -> ml_collections.ConfigDict:
     ``bad_examples`` (file sources: ``'error'`` stops at an unreadable or invalid example with
     its file named; ``'skip'`` replaces it by the next good example and warns once per file, see
     ``Loader.skipped``), ``max_pixels`` (images whose header says more pixels are refused
-    before decoding). ``check_data_config`` checks the ranges.
+    before decoding), ``train_classes`` / ``eval_classes`` (the labels kept in
+    ``train_split`` / ``eval_split``; () = all: metric learning trains on some classes and
+    retrieves among unseen ones). ``check_data_config`` checks the ranges.
     """
     return ml_collections.ConfigDict(dict(
         name=name,
@@ -66,6 +68,8 @@ def data_config(name: str = "procedural") -> ml_collections.ConfigDict:
         channels=0,
         bad_examples="error",
         max_pixels=MAX_PIXELS,
+        train_classes=(),     # labels kept in data.train_split; () = all
+        eval_classes=(),      # labels kept in data.eval_split; () = all (e.g. unseen classes)
         procedural=procedural_config(),
     ))
 
@@ -125,6 +129,13 @@ def check_data_config(data: Any) -> None:
             raise DataError(f"data.pk_images={value!r} must be an integer >= 2 with "
                             "data.sampler='pk' (images per identity: a positive pair needs two); "
                             "e.g. --config.data.pk_images=4.")
+    for key in ("train_classes", "eval_classes"):
+        value = get(key)
+        if value is not None and (isinstance(value, (str, bytes)) or not all(
+                isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 0
+                for c in (value if isinstance(value, (tuple, list)) else [value]))):
+            raise DataError(f"data.{key}={value!r} must be a tuple of class ids >= 0 (() = all); "
+                            f"e.g. --config.data.{key}='(0, 1, 2, 3, 4)'.")
     holdout = get("holdout")
     if holdout is not None and (isinstance(holdout, bool) or not isinstance(holdout, numbers.Real)
                                 or not 0 < holdout < 1):

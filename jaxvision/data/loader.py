@@ -39,7 +39,7 @@ import numpy as np
 
 from jaxvision.data.config import BAD_EXAMPLES
 from jaxvision.data.example import Example, validate_example
-from jaxvision.data.source import BadExample, DataError, Source, next_good
+from jaxvision.data.source import BadExample, DataError, Source, next_good, source_labels
 
 Transform = Callable[[Example, np.random.Generator], Example]
 
@@ -95,6 +95,15 @@ class Order:
             if len(set(self.identities)) < p:
                 raise DataError(f"sampler 'pk' asks for {p} identities per batch but the split "
                                 f"has only {len(set(self.identities))}: lower data.pk_identities.")
+            ids, counts = np.unique(np.asarray(self.identities), return_counts=True)
+            if counts.min() < k:
+                short = ids[counts < k]
+                raise DataError(
+                    f"sampler 'pk' takes data.pk_images={k} images of each identity, but "
+                    f"{len(short)} of {len(ids)} identities have fewer (identity {int(short[0])} "
+                    f"has {int(counts[ids == short[0]][0])}; the smallest count is "
+                    f"{int(counts.min())}): lower data.pk_images to at most {int(counts.min())}, "
+                    "or leave those identities out of the split.")
         elif self.sampler != "random":
             raise DataError(f"data.sampler must be 'random' or 'pk', got {self.sampler!r}.")
 
@@ -132,7 +141,7 @@ class Order:
         rng = np.random.default_rng([self.seed, self.epoch_of(step), step])
         groups = self._by_identity
         chosen = rng.choice(np.asarray(sorted(groups)), size=p, replace=False)
-        rows = [rng.choice(groups[int(c)], size=k, replace=len(groups[int(c)]) < k) for c in chosen]
+        rows = [rng.choice(groups[int(c)], size=k, replace=False) for c in chosen]
         return np.concatenate(rows)
 
     def index(self, step: int, position: int) -> tuple[int, int, bool]:
@@ -323,11 +332,9 @@ class Loader:
 
 
 def source_identities(source: Source) -> np.ndarray:
-    """Returns the (N,) int identities of a source (its ``identities()`` if it has one, else a scan)."""
-    fast = getattr(source, "identities", None)
-    if callable(fast):
-        return np.asarray(fast())
-    if "identity" not in source.info.keys:
-        raise DataError(f"{source.info.name}: sampler 'pk' needs an 'identity' per example, "
-                        "and this source has none.")
-    return np.asarray([int(source[i]["identity"]) for i in range(len(source))])
+    """Returns the (N,) int identities of a source for the pk sampler: ``identity``, or
+    ``label`` for a source without identities (``source.source_labels``)."""
+    if "identity" not in source.info.keys and "label" not in source.info.keys:
+        raise DataError(f"{source.info.name}: sampler 'pk' needs an 'identity' (or a 'label') per "
+                        "example, and this source has neither.")
+    return source_labels(source, "identity")

@@ -117,9 +117,9 @@ class SliceSource:
         return self._source[self._start + index]
 
     def __getattr__(self, name: str) -> Any:
-        # ``identities()`` of the wrapped source, cut to the slice (the pk sampler's fast path).
-        if name == "identities" and hasattr(self._source, "identities"):
-            return lambda: np.asarray(self._source.identities())[self._start:self._stop]
+        # ``identities()`` / ``labels()`` of the wrapped source, cut to the slice (fast paths).
+        if name in ("identities", "labels") and callable(getattr(self._source, name, None)):
+            return lambda: np.asarray(getattr(self._source, name)())[self._start:self._stop]
         raise AttributeError(name)
 
 
@@ -143,8 +143,58 @@ class KeySubset:
         return {k: example[k] for k in self._keys}
 
     def __getattr__(self, name: str) -> Any:
-        if name == "identities" and hasattr(self._source, "identities"):
-            return self._source.identities
+        if name in ("identities", "labels") and callable(getattr(self._source, name, None)):
+            return getattr(self._source, name)
+        raise AttributeError(name)
+
+
+def source_labels(source: Source, key: str = "identity") -> np.ndarray:
+    """The (N,) int ``key`` (``identity`` or ``label``) of every example: the source's
+    ``identities()`` / ``labels()`` fast path when it has one, else a scan of the examples. An
+    ``identity`` asked of a source without one is its ``label`` (a class is an identity)."""
+    if key == "identity" and "identity" not in source.info.keys and "label" in source.info.keys:
+        key = "label"
+    fast = getattr(source, "identities" if key == "identity" else "labels", None)
+    if callable(fast):
+        return np.asarray(fast())
+    if key not in source.info.keys:
+        raise DataError(f"{source.info.name}: no '{key}' per example (it has: "
+                        f"{', '.join(source.info.keys)}).")
+    return np.asarray([int(source[i][key]) for i in range(len(source))])
+
+
+class ClassSubset:
+    """The examples of another source whose ``label`` is one of ``classes`` (``data.train_classes``
+    / ``data.eval_classes``: train on some classes, evaluate on unseen ones). Labels keep their
+    ids; ``info`` keeps the source's class names and counts."""
+
+    def __init__(self, source: Source, classes: Sequence[int], what: str):
+        labels = source_labels(source, "label")
+        wanted = np.asarray(sorted({int(c) for c in classes}))
+        missing = np.setdiff1d(wanted, labels)
+        if len(missing):
+            raise DataError(f"{what}={tuple(int(c) for c in classes)}: class(es) "
+                            f"{missing.tolist()} have no example in {source.info.name}"
+                            f"[{source.info.split}] (labels there: {np.unique(labels).tolist()}).")
+        self._source, self._index = source, np.flatnonzero(np.isin(labels, wanted))
+        self._labels = labels[self._index]
+        self.info = source.info
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, index: int) -> Example:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {self.info.name}[{self.info.split}] "
+                             f"with {len(self)} examples of the selected classes")
+        return self._source[int(self._index[index])]
+
+    def labels(self) -> np.ndarray:
+        return self._labels.copy()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "identities" and callable(getattr(self._source, "identities", None)):
+            return lambda: np.asarray(self._source.identities())[self._index]
         raise AttributeError(name)
 
 
@@ -178,6 +228,7 @@ def build_source(config: Any, split: str) -> Source:
         source = apply_slice(local.from_config(config, parse_split(split)[0]), split)
     else:
         source = _tfds(config, name, split)
+    source = _select_classes(config, split, source)
     keys = tuple(config.get("keys", ()) or ())
     if keys:
         source = KeySubset(source, keys if "image" in keys else ("image",) + keys)
@@ -186,6 +237,24 @@ def build_source(config: Any, split: str) -> Source:
                         "(data.train_split / data.eval_split) or a wider slice.")
     if name in FILE_SOURCES and config.get("bad_examples", "error") == "error":
         source[0]  # a bad file (or a wrong data.path) then shows before anything is compiled
+    return source
+
+
+def _select_classes(config: Any, split: str, source: Source) -> Source:
+    """``data.train_classes`` applies to ``data.train_split``, ``data.eval_classes`` to
+    ``data.eval_split`` (the split strings as written); () keeps every class."""
+    train, evals = (tuple(config.get(k, ()) or ()) for k in ("train_classes", "eval_classes"))
+    if not train and not evals:
+        return source
+    if train and evals and str(config.train_split) == str(config.eval_split) and \
+            set(train) != set(evals):
+        raise DataError(f"data.train_classes and data.eval_classes differ but data.train_split == "
+                        f"data.eval_split == {str(config.train_split)!r}, so it is unclear which "
+                        "applies; use two splits (e.g. 'train' and 'test').")
+    if train and split == str(config.train_split):
+        return ClassSubset(source, train, "data.train_classes")
+    if evals and split == str(config.eval_split):
+        return ClassSubset(source, evals, "data.eval_classes")
     return source
 
 

@@ -117,7 +117,7 @@ def test_too_many_boxes_is_a_clear_error():
 
 
 def test_pk_sampler_gives_p_identities_times_k_images():
-    ids = np.repeat(np.arange(6), [5, 5, 5, 3, 5, 5])
+    ids = np.repeat(np.arange(6), [5, 5, 5, 4, 5, 5])
     src = make_source(len(ids), identities=ids)
     loader = Loader(src, global_batch=12, seed=0, sampler="pk", pk=(3, 4), prefetch=1)
     for batch in take(iter(loader), 5):
@@ -125,6 +125,18 @@ def test_pk_sampler_gives_p_identities_times_k_images():
         assert (got == got[:, :1]).all()               # K images of one identity per row
         assert len(set(got[:, 0].tolist())) == 3        # P distinct identities
         np.testing.assert_array_equal(ids[batch["index"]], batch["identity"])
+        for row in batch["index"].reshape(3, 4):       # K different images, never a repeat
+            assert len(set(row.tolist())) == 4
+
+
+def test_pk_sampler_errors_name_the_fix():
+    ids = np.repeat(np.arange(6), [5, 5, 5, 3, 5, 5])
+    with pytest.raises(DataError, match=r"1 of 6 identities have fewer \(identity 3 has 3.*"
+                                        r"pk_images to at most 3"):
+        Loader(make_source(len(ids), identities=ids), global_batch=12, sampler="pk", pk=(3, 4))
+    with pytest.raises(DataError, match=r"train.batch_size == data.pk_identities \* data.pk_images"):
+        Loader(make_source(len(ids), identities=np.arange(len(ids)) % 6), global_batch=10,
+               sampler="pk", pk=(3, 4))
 
 
 def test_errors_are_clear():

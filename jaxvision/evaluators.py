@@ -16,7 +16,8 @@ Two kinds, by how the core brings ``outputs`` back (``Evaluator.kind``):
   mesh's data axis and never reduced. The core gathers them to every process
   (``Strategy.gather``: across processes too), drops the padded examples (``valid`` False) and
   passes numpy arrays of the valid examples to ``update``. Built in: ``Confusion`` (streaming,
-  O(C^2)) and ``Retrieval`` (keeps every embedding: 4 * (D + 1) bytes per example).
+  O(C^2)), ``Retrieval`` and ``Verification`` (keep every embedding: 4 * (D + 1) bytes per
+  example; the math is in ``jaxvision/retrieval.py``).
 
 How the evaluators of the task issues plug in (each a ``GatherEvaluator`` subclass naming the
 ``predict`` outputs and batch keys it reads):
@@ -49,6 +50,8 @@ import numpy as np
 
 from jaxvision.config import ConfigError
 from jaxvision.metrics import Accumulator, precision_recall_f1
+from jaxvision.retrieval import (knn_accuracy, kmeans_nmi, retrieval_metrics, verification_metrics,
+                                 verification_pairs)
 
 
 class Evaluator:
@@ -212,76 +215,10 @@ class Confusion(GatherEvaluator):
                 if (prf["support"] > 0).any() else float("nan")}
 
 
-def _nearest(emb: np.ndarray, ranks: int, distance: str, chunk: int = 1024) -> np.ndarray:
-    """(N, ranks) int64: for every row of ``emb`` the indices of its ``ranks`` nearest other rows,
-    nearest first, ties broken by the lower index; distances in float64."""
-    x = np.asarray(emb, np.float64)
-    if distance == "cosine":
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    sq = np.sum(x * x, axis=1)
-    n = len(x)
-    out = np.empty((n, ranks), np.int64)
-    cols = np.arange(n)
-    for start in range(0, n, chunk):
-        q = x[start:start + chunk]
-        d = sq[start:start + chunk, None] - 2.0 * (q @ x.T) + sq[None, :]
-        d[np.arange(len(q)), start + np.arange(len(q))] = np.inf   # the query itself
-        kth = np.partition(d, ranks - 1, axis=1)[:, ranks - 1:ranks]
-        for i in range(len(q)):
-            cand = cols[d[i] <= kth[i, 0]]                 # every tie at the cut is kept
-            order = np.lexsort((cand, d[i, cand]))         # by distance, then index
-            out[start + i] = cand[order[:ranks]]
-    return out
+class _Embeddings(GatherEvaluator):
+    """Base of the evaluators that keep every embedding of the split with its label: 4 * (D + 1)
+    bytes per example on the host."""
 
-
-def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 2, 4, 8),
-                      distance: str = "euclidean") -> dict:
-    """Recall@K, R-precision and MAP@R of every item queried against all the others.
-
-    ``embeddings`` (N, D), ``labels`` (N,) ints; ``distance`` 'euclidean' or 'cosine'. Recall@K
-    (metric-learning sense): the fraction of queries with at least one item of their class among
-    their K nearest neighbours, the query excluded. R-precision and MAP@R as in
-    pytorch-metric-learning: R = the number of other items of the query's class, MAP@R =
-    mean over queries of (1/R) sum_{i<=R} P(i) rel(i). Queries without another item of their class
-    (R = 0) can retrieve nothing and are left out of every metric (``retrieval_queries`` counts
-    the rest). Neighbours tie-break by index. Returns floats ``recall_at_<k>``, ``r_precision``,
-    ``map_at_r``, ``retrieval_queries``.
-    """
-    labels = np.asarray(labels).reshape(-1)
-    emb = np.asarray(embeddings).reshape(len(labels), -1)
-    if distance not in ("euclidean", "cosine"):
-        raise ConfigError(f"retrieval distance must be 'euclidean' or 'cosine', got {distance!r}.")
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    r = counts[inverse] - 1
-    queries = r > 0
-    out = {f"recall_at_{int(k)}": float("nan") for k in ks}
-    out.update(r_precision=float("nan"), map_at_r=float("nan"), retrieval_queries=0.0)
-    if not queries.any():
-        return out
-    ranks = int(min(len(labels) - 1, max(max(ks), r.max())))
-    nn = _nearest(emb, ranks, distance)
-    rel = labels[nn] == labels[:, None]                       # (N, ranks)
-    rel, r_q = rel[queries], r[queries]
-    for k in ks:
-        out[f"recall_at_{int(k)}"] = float(np.mean(rel[:, :int(k)].any(axis=1)))
-    within = np.arange(ranks)[None, :] < r_q[:, None]         # the first R neighbours
-    rel_r = rel & within
-    out["r_precision"] = float(np.mean(rel_r.sum(1) / r_q))
-    precision_at_i = np.cumsum(rel_r, axis=1) / np.arange(1, ranks + 1)[None, :]
-    out["map_at_r"] = float(np.mean(np.sum(precision_at_i * rel_r, axis=1) / r_q))
-    out["retrieval_queries"] = float(queries.sum())
-    return out
-
-
-class Retrieval(GatherEvaluator):
-    """Recall@K (K in ``ks``), R-precision and MAP@R over the whole split (``retrieval_metrics``).
-
-    Reads ``predict()[embedding]`` (N, D) and ``batch[label]`` (default ``identity``). Keeps
-    every embedding on the host: 4 * (D + 1) bytes per example; ``compute`` works in chunks of
-    1,024 queries (1024 * N * 8 bytes at a time)."""
-
-    options = {"embedding": "embedding", "label": "identity", "ks": (1, 2, 4, 8),
-               "distance": "euclidean"}
     predict_keys = ("embedding",)
     batch_keys = ("label",)
 
@@ -290,14 +227,10 @@ class Retrieval(GatherEvaluator):
         return {"embedding": e.reshape(e.shape[0], -1).astype(jnp.float32),
                 "label": outputs[self.label].astype(jnp.int32)}
 
-    def metric_names(self, output_shapes):
+    def _check_distance(self):
         if self.distance not in ("euclidean", "cosine"):
             raise ConfigError(f"evals.{self.name}.distance must be 'euclidean' or 'cosine', got "
                               f"{self.distance!r}.")
-        if not self.ks or any(int(k) < 1 for k in self.ks):
-            raise ConfigError(f"evals.{self.name}.ks must be positive integers, got {self.ks!r}.")
-        return [f"recall_at_{int(k)}" for k in self.ks] + ["r_precision", "map_at_r",
-                                                          "retrieval_queries"]
 
     def reset(self):
         self._emb, self._labels = [], []
@@ -306,16 +239,81 @@ class Retrieval(GatherEvaluator):
         self._emb.append(np.asarray(outputs["embedding"], np.float32))
         self._labels.append(np.asarray(outputs["label"]))
 
-    def compute(self):
+    def _gathered(self) -> tuple[np.ndarray, np.ndarray]:
         emb = np.concatenate(self._emb) if self._emb else np.zeros((0, 1), np.float32)
         labels = np.concatenate(self._labels) if self._labels else np.zeros((0,), np.int32)
-        return retrieval_metrics(emb, labels, tuple(int(k) for k in self.ks), self.distance)
+        return emb, labels
+
+
+class Retrieval(_Embeddings):
+    """Every item of the split queried against all the others (``retrieval_metrics``): Recall@K
+    (K in ``ks``), precision@1, R-precision, MAP@R; with ``knn`` > 0 the leave-one-out kNN
+    classification accuracy (``knn_accuracy``); with ``nmi`` the NMI of a k-means clustering
+    with one cluster per class (``kmeans_nmi``).
+
+    Reads ``predict()[embedding]`` (N, D) and ``batch[label]`` (default ``identity``).
+    ``compute`` works in chunks of 1,024 queries (1024 * N * 8 bytes at a time)."""
+
+    options = {"embedding": "embedding", "label": "identity", "ks": (1, 2, 4, 8),
+               "distance": "euclidean", "knn": 0, "nmi": False}
+
+    def metric_names(self, output_shapes):
+        self._check_distance()
+        if not self.ks or any(int(k) < 1 for k in self.ks):
+            raise ConfigError(f"evals.{self.name}.ks must be positive integers, got {self.ks!r}.")
+        if int(self.knn) < 0:
+            raise ConfigError(f"evals.{self.name}.knn must be >= 0 (0 = off), got {self.knn!r}.")
+        return ([f"recall_at_{int(k)}" for k in self.ks]
+                + ["precision_at_1", "r_precision", "map_at_r", "retrieval_queries"]
+                + (["knn_accuracy"] if int(self.knn) else []) + (["nmi"] if self.nmi else []))
+
+    def compute(self):
+        emb, labels = self._gathered()
+        out = retrieval_metrics(emb, labels, tuple(int(k) for k in self.ks), self.distance)
+        if int(self.knn):
+            out["knn_accuracy"] = knn_accuracy(emb, labels, int(self.knn), self.distance)
+        if self.nmi:
+            x = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12) \
+                if self.distance == "cosine" else emb
+            out["nmi"] = kmeans_nmi(x, labels)
+        return out
+
+
+class Verification(_Embeddings):
+    """Face verification on pairs of the split (``verification_pairs``: ``pairs`` of them, half
+    of one identity), scored by embedding distance (``verification_metrics``): ``folds``-fold
+    accuracy with the threshold chosen on the other folds, ROC AUC, TAR at FAR = ``far``, and the
+    ROC curve (``roc_fpr``, ``roc_tpr``) for plots. The pairs are the same at every evaluation
+    (``seed``)."""
+
+    options = {"embedding": "embedding", "label": "identity", "distance": "euclidean",
+               "pairs": 6000, "folds": 10, "far": 1e-3, "seed": 0}
+
+    def metric_names(self, output_shapes):
+        self._check_distance()
+        if int(self.pairs) < 2 or int(self.folds) < 2 or not 0 < float(self.far) < 1:
+            raise ConfigError(f"evals.{self.name}: pairs >= 2, folds >= 2 and 0 < far < 1 are "
+                              f"needed; got pairs={self.pairs}, folds={self.folds}, far={self.far}.")
+        return ["verification_accuracy", "verification_accuracy_std", "verification_threshold",
+                "verification_auc", f"tar_at_far_{float(self.far):g}", "verification_pairs",
+                "roc_fpr", "roc_tpr"]
+
+    def compute(self):
+        emb, labels = self._gathered()
+        i, j, same = verification_pairs(labels, int(self.pairs), seed=int(self.seed))
+        x = np.asarray(emb, np.float64)
+        if self.distance == "cosine":
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        d = np.linalg.norm(x[i] - x[j], axis=1)
+        return verification_metrics(d, same, folds=int(self.folds), far=float(self.far),
+                                    seed=int(self.seed))
 
 
 EVALUATORS: dict[str, type[Evaluator]] = {
     "metrics": MeanMetrics,
     "confusion": Confusion,
     "retrieval": Retrieval,
+    "verification": Verification,
 }
 
 DEFAULT_NAME = "eval"

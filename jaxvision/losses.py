@@ -79,8 +79,10 @@ def pairwise_distances(x: jax.Array, y: jax.Array | None = None, kind: str = "eu
     x = x.astype(jnp.float32)
     y = x if y is None else y.astype(jnp.float32)
     if kind == "cosine":
-        xn = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-        yn = y / jnp.maximum(jnp.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+        # sqrt(max(|x|^2, eps)), not max(|x|, eps): the norm's derivative is infinite at 0, and
+        # 0 * inf would put NaN in the gradient of an all-zero (padding) row.
+        xn = x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, -1, keepdims=True), 1e-24))
+        yn = y * jax.lax.rsqrt(jnp.maximum(jnp.sum(y * y, -1, keepdims=True), 1e-24))
         return 1.0 - xn @ yn.T
     sq = jnp.maximum(jnp.sum(x * x, -1)[:, None] + jnp.sum(y * y, -1)[None, :] - 2.0 * x @ y.T, 0.0)
     if kind == "squared":
@@ -128,7 +130,8 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, valid: jax.Array, *,
     * ``semi_hard``, the FaceNet rule as TensorFlow-Addons' ``triplet_semihard_loss`` implements
       it: per anchor-positive pair the closest negative still farther than the positive
       (``d(a, n) > d(a, p)``), or, when there is none, the farthest negative; the mean over the
-      anchor-positive pairs that have a negative. (TFA uses ``distance='squared'``.)
+      anchor-positive pairs that have a negative. (TFA's default is ``distance='euclidean'``;
+      TensorFlow's original ``tf.contrib`` version used ``'squared'``.)
     """
     d = pairwise_distances(embeddings, kind=distance)
     pos, neg = _pair_masks(labels, valid)

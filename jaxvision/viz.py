@@ -583,3 +583,92 @@ def plot_bars(names: list[str], values: list[float], out_path: str, *,
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, out_path, dpi)
+
+
+# --------------------------------------------------------------------------------------------
+# Embeddings
+# --------------------------------------------------------------------------------------------
+
+def pca_2d(x: np.ndarray) -> np.ndarray:
+    """The rows of ``x`` (N, D) projected on their first two principal components -> (N, 2)."""
+    x = np.asarray(x, np.float64)
+    x = x - x.mean(0)
+    if len(x) < 2 or x.shape[1] < 2:
+        return np.pad(x[:, :2], ((0, 0), (0, max(0, 2 - x.shape[1]))))
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:2].T
+
+
+def plot_embedding_map(embeddings: np.ndarray, ids: np.ndarray, out_path: str, *,
+                       dpi: int = 100) -> str:
+    """Saves a 2-D map of ``embeddings`` (N, D) coloured by ``ids`` (N,): PCA, and beside it
+    t-SNE when scikit-learn is installed (it is in the ``test`` extra); returns ``out_path``."""
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        TSNE = None
+    maps = [("PCA", pca_2d(embeddings))]
+    if TSNE is not None and len(embeddings) > 5:
+        tsne = TSNE(2, init="pca", random_state=0, perplexity=min(30.0, len(embeddings) / 4))
+        maps.append(("t-SNE", tsne.fit_transform(np.asarray(embeddings, np.float64))))
+    fig = _new_figure(4.2 * len(maps), 4.0)
+    axes = np.atleast_1d(fig.subplots(1, len(maps)))
+    colours = np.asarray([_palette(int(i)) for i in np.asarray(ids).reshape(-1)])
+    for ax, (name, xy) in zip(axes, maps):
+        ax.scatter(xy[:, 0], xy[:, 1], s=4, c=colours, linewidths=0)
+        ax.set_title(f"{name} of {len(xy)} embeddings, by identity", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _save(fig, out_path, dpi)
+
+
+def plot_neighbours(images: np.ndarray, embeddings: np.ndarray, ids: np.ndarray, out_path: str,
+                    *, queries: int = 6, k: int = 8, dpi: int = 100) -> str:
+    """Saves one row per query (the first of ``queries`` evenly spaced items): the query, then
+    its ``k`` nearest other items by euclidean distance, framed green when of the query's
+    identity and red otherwise; returns ``out_path``."""
+    emb = np.asarray(embeddings, np.float64)
+    ids = np.asarray(ids).reshape(-1)
+    n = len(emb)
+    k = int(min(k, n - 1))
+    rows = np.unique(np.linspace(0, n - 1, min(queries, n)).astype(int))
+    fig = _new_figure(1.1 * (k + 1), 1.2 * len(rows))
+    axes = np.asarray(fig.subplots(len(rows), k + 1, squeeze=False))
+    for r, q in enumerate(rows):
+        d = np.sum((emb - emb[q]) ** 2, 1)
+        d[q] = np.inf
+        nearest = np.lexsort((np.arange(n), d))[:k]
+        for c, i in enumerate([q, *nearest.tolist()]):
+            ax = axes[r, c]
+            ax.imshow(image_for_display(images[i]), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            colour = "black" if c == 0 else ("tab:green" if ids[i] == ids[q] else "tab:red")
+            for side in ax.spines.values():
+                side.set_edgecolor(colour)
+                side.set_linewidth(3 if c else 1)
+            if c == 0:
+                ax.set_title("query", fontsize=7)
+    return _save(fig, out_path, dpi)
+
+
+def plot_roc(fpr: np.ndarray, tpr: np.ndarray, out_path: str, *, title: str = "",
+             dpi: int = 100) -> str:
+    """Saves the ROC curve ``tpr`` against ``fpr`` (log-scaled false accept axis beside a linear
+    one); returns ``out_path``."""
+    fig = _new_figure(7.0, 3.2)
+    lin, log = fig.subplots(1, 2)
+    for ax in (lin, log):
+        ax.plot(fpr, tpr, color="tab:blue")
+        ax.set_xlabel("false accept rate", fontsize=8)
+        ax.set_ylabel("true accept rate", fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=7)
+    lin.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=0.8)
+    positive = np.asarray(fpr) > 0
+    if positive.any():
+        log.set_xscale("log")
+        log.set_xlim(max(float(np.min(np.asarray(fpr)[positive])), 1e-4), 1)
+    if title:
+        lin.set_title(title, fontsize=9)
+    return _save(fig, out_path, dpi)

@@ -120,7 +120,7 @@ def retrieval_oracle(emb: np.ndarray, labels: np.ndarray, ks, distance="euclidea
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     n = len(labels)
     hits = {k: [] for k in ks}
-    r_prec, ap = [], []
+    r_prec, ap, p1 = [], [], []
     for q in range(n):
         others = [i for i in range(n) if i != q]
         r = sum(labels[i] == labels[q] for i in others)
@@ -132,8 +132,10 @@ def retrieval_oracle(emb: np.ndarray, labels: np.ndarray, ks, distance="euclidea
         for k in ks:
             hits[k].append(any(rel[:k]))
         r_prec.append(sum(rel[:r]) / r)
+        p1.append(rel[0])
         ap.append(sum(sum(rel[:i + 1]) / (i + 1) for i in range(r) if rel[i]) / r)
     out = {f"recall_at_{k}": float(np.mean(hits[k])) if hits[k] else float("nan") for k in ks}
+    out["precision_at_1"] = float(np.mean(p1)) if p1 else float("nan")
     out["r_precision"] = float(np.mean(r_prec)) if r_prec else float("nan")
     out["map_at_r"] = float(np.mean(ap)) if ap else float("nan")
     out["retrieval_queries"] = float(len(ap))

@@ -139,6 +139,9 @@ def _boxes(normalized: Any, height: int, width: int) -> np.ndarray:
     return (boxes * np.asarray([height, width, height, width], np.float32)).astype(np.float32)
 
 
+_LABELS: dict[tuple[str, str], np.ndarray] = {}   # (prepared dir, split) -> labels
+
+
 class TfdsSource:
     """A prepared TFDS split (slices such as ``train[:80%]`` allowed), read from ``array_record``.
 
@@ -190,6 +193,21 @@ class TfdsSource:
             import tensorflow_datasets as tfds
             self._ds = tfds.builder_from_directory(self._builder_dir).as_data_source(split=self._split)
         return self._ds
+
+    def labels(self) -> np.ndarray:
+        """The (N,) int ``label`` of every example (a class filter's and the pk sampler's fast
+        path): read in batches of records, about 3x faster than one by one, and cached per
+        process (the records still decode their images: TFDS skips decoding only with
+        TensorFlow installed)."""
+        if not self._plan["label"]:
+            raise DataError(f"TFDS dataset {self._name!r} has no 'label'.")
+        key = (self._builder_dir, self._split)
+        if key not in _LABELS:
+            ds = self._source()
+            parts = [np.asarray([r["label"] for r in ds.__getitems__(list(range(a, min(a + 1000, self._n))))],
+                                np.int64) for a in range(0, self._n, 1000)]
+            _LABELS[key] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return _LABELS[key].copy()
 
     def __getitem__(self, index: int) -> Example:
         index = int(index)

@@ -33,3 +33,28 @@ def embed_split(config: Any, workdir: str | Path, *, key: str = "identity",
     out = loop.predict(run, state, fn, run.eval_loader)
     n = min(int(max_examples), len(out["id"]))
     return out["image"][:n], out["embedding"][:n], out["id"][:n]
+
+
+def pixel_baseline(config: Any) -> dict:
+    """The run's ``retrieval`` and ``verification`` evaluators fed raw pixels instead of
+    embeddings: each eval image (after ``data.eval_pp``) flattened and scaled to [0, 1] (uint8 /
+    255; no other normalization), so a learned embedding can be compared with the trivial one on
+    the same examples by the same code. Returns their scalar metrics."""
+    from jaxvision.data.pipeline import make_loader
+    from jaxvision.evaluators import build_evaluators
+    out: dict = {}
+    evaluators = [ev for ev in build_evaluators(config)
+                  if ev.type_name() in ("retrieval", "verification")]
+    for ev in evaluators:
+        loader = make_loader(config.data, ev.split, mode="eval", global_batch=ev.batch_size,
+                             seed=int(config.seed))
+        ev.reset()
+        for batch in loader:
+            keep = batch["valid"].astype(bool)
+            image = batch["image"][keep]
+            pixels = (image.astype(np.float32) / 255.0 if image.dtype == np.uint8
+                      else image.astype(np.float32))
+            ev.update({"embedding": pixels.reshape(len(pixels), -1),
+                       "label": np.asarray(batch[ev.label])[keep]})
+        out.update({k: v for k, v in ev.compute().items() if np.ndim(v) == 0})
+    return out

@@ -45,6 +45,7 @@ _EMBEDDING_KEYS = ("dim", "batch_norm", "normalize")
 def _num_identities(config: Any, info: SourceInfo) -> int:
     key = str(config.loss.identity_key)
     n = info.num_identities if key == "identity" else info.num_classes
+    n = info.num_classes if n is None else n   # a source whose classes are its identities
     if n is None:
         raise ValueError(f"loss.name={config.loss.name!r} needs the number of training "
                          f"identities, but data '{info.name}' does not say how many "
@@ -190,7 +191,11 @@ def _base(identity_key: str = "identity") -> ml_collections.ConfigDict:
 
 
 def _unseen(config: ml_collections.ConfigDict, train: tuple, test: tuple) -> ml_collections.ConfigDict:
+    """Trains on the classes ``train`` and evaluates on the unseen ``test``: every training
+    class in every batch (P = the class count, K images each, about 60 per batch)."""
     config.data.train_classes, config.data.eval_classes = tuple(train), tuple(test)
+    config.data.pk_identities, config.data.pk_images = len(train), 60 // len(train)
+    config.train.batch_size = len(train) * (60 // len(train))
     return config
 
 
@@ -214,7 +219,8 @@ def default() -> ml_collections.ConfigDict:
 def _digits(name: str, train: tuple, test: tuple) -> ml_collections.ConfigDict:
     config = _unseen(_base("label"), train, test)
     config.data.name = name
-    config.data.input_shape = (28, 28, 1)
+    # Declared for `summary` and the tests without the data: input, and label ids 0-9.
+    config.data.input_shape, config.data.num_classes = (28, 28, 1), 10
     config.data.train_pp = "random_crop(28, pad=2)"
     config.model.widths = (32, 64, 128)
     config.model.dim = 64
@@ -249,7 +255,7 @@ def triplet_cifar10() -> ml_collections.ConfigDict:
     config.data.name = "npz"
     config.data.path = str(Path(__file__).resolve().parents[1].parent / "shared" / "data"
                            / "cifar10" / "cifar10.npz")
-    config.data.input_shape = (32, 32, 3)
+    config.data.input_shape, config.data.num_classes = (32, 32, 3), 10
     config.data.train_pp = "random_crop(32, pad=4)|flip_lr"
     config.model.widths = (32, 64, 128)
     config.train.steps = 3000
@@ -267,7 +273,7 @@ def _orl(loss: str) -> ml_collections.ConfigDict:
     # The last 10 of the 40 subjects are never trained on: verify and retrieve among them.
     config.data.split_by, config.data.holdout = "identity", 0.25
     config.data.channels = 1
-    config.data.input_shape = (56, 48, 1)
+    config.data.input_shape, config.data.num_classes = (56, 48, 1), 30   # training subjects
     config.data.train_pp = "resize((60, 52))|random_crop((56, 48))|flip_lr"
     config.data.eval_pp = "resize((60, 52))|center_crop((56, 48))"
     config.data.pk_identities, config.data.pk_images = 10, 4

@@ -119,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     pd.add_argument("--right", nargs="+", default=None,
                     help="stereo models: the right view of each input, in the same order")
     pd.add_argument("--out", required=True, help="output folder")
+    pd.add_argument("--gallery", nargs="+", default=None,
+                    help="embedding models: image files or folders; each input's record and "
+                         "picture show its nearest gallery images")
+    pd.add_argument("--neighbours", type=_positive, default=8, help="gallery images per query")
     pd.add_argument("--batch-size", type=_positive, default=None,
                     help="images per device batch (default: train.eval_batch_size)")
     pd.add_argument("--no-pictures", action="store_true", help="write only predictions.jsonl")
@@ -238,12 +242,14 @@ def _run(args, overrides, get_config) -> int:
             return 0
         from jaxvision.tools.predict import predict_files
         result = predict_files(predictor, args.inputs, args.out, rights=args.right,
-                               progress=not args.no_progress, pictures=not args.no_pictures)
+                               progress=not args.no_progress, pictures=not args.no_pictures,
+                               gallery=args.gallery, neighbours=args.neighbours)
         _print_json(result.to_json())
         if result.failed:
-            print(f"error: {len(result.failed)} of {result.inputs} inputs could not be read "
-                  f"(named above); the predictions of the others are in {result.out}",
-                  file=sys.stderr)
+            what = "inputs and gallery files" if result.gallery else "inputs"
+            print(f"error: {len(result.failed)} of {result.inputs + result.gallery} {what} could "
+                  f"not be read (named above); the predictions of the others are in "
+                  f"{result.out}", file=sys.stderr)
             return EXIT_BAD_INPUT
         return 0
     if args.command == "import-weights":

@@ -138,6 +138,26 @@ def top_k_panel(image: np.ndarray, names: Sequence[str], values: Sequence[float]
     return np.asarray(canvas)
 
 
+def image_strip(images: Sequence[np.ndarray], captions: Sequence[str], *, size: int = 112
+                ) -> np.ndarray:
+    """The ``images`` side by side, each fitted in a ``size`` x ``size`` cell with its caption
+    below (e.g. a query and its nearest gallery images); returns an (H, W, 3) uint8 picture."""
+    from PIL import Image, ImageDraw, ImageFont
+    font = ImageFont.load_default(size=12)
+    canvas = Image.new("RGB", (len(images) * (size + 6) + 6, size + 26), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, (img, cap) in enumerate(zip(images, captions)):
+        rgb = (image_for_display(img) * 255).round().astype(np.uint8)
+        h, w = rgb.shape[:2]
+        scale = size / max(h, w)
+        fit = (max(1, round(w * scale)), max(1, round(h * scale)))
+        pic = Image.fromarray(rgb).resize(fit, Image.NEAREST if max(h, w) < size else Image.BILINEAR)
+        x0 = 6 + k * (size + 6)
+        canvas.paste(pic, (x0 + (size - fit[0]) // 2, 3 + (size - fit[1]) // 2))
+        draw.text((x0, size + 8), str(cap)[:18], fill="black", font=font)
+    return np.asarray(canvas)
+
+
 def overlay_labels(image_rgb: np.ndarray, labels: np.ndarray, *, instance: bool = False) -> np.ndarray:
     """Returns ``image_rgb`` (H, W, 3) in [0, 1] blended with one colour per id of ``labels`` (H, W).
 

@@ -72,7 +72,7 @@ def test_config_has_contract_keys_and_model_initializes_at_declared_shape(spec):
                                jax.random.key(0))
     logits = jax.eval_shape(lambda v, b: model.apply(v, exp.prepare(config, b), train=False),
                             variables, batch)
-    if _has(config, "data.num_classes"):
+    if _has(config, "data.num_classes") and spec.startswith(CLASSIFICATION):
         assert logits.shape == (2, config.data.num_classes)
 
 

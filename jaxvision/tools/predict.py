@@ -3,7 +3,8 @@
 Writes ``OUT/predictions.jsonl`` (one line per input, in input order: ``file``, the
 experiment's ``describe`` record and ``picture``, or ``error`` for a file that could not be
 read) and one picture per image drawn by the experiment's ``draw`` hook (classification: the
-top-5 classes). Folders are walked recursively for image files (by suffix, sorted); files named
+top-5 classes). With a gallery (``--gallery``, embedding models) each query's record and picture
+are its nearest gallery images instead. Folders are walked recursively for image files (by suffix, sorted); files named
 directly are always tried. A file that cannot be decoded (empty, truncated, not an image) or has
 more pixels than the run's ``data.max_pixels`` (read from the header, before decoding) is named
 on stderr and skipped; ``predict`` then exits non-zero with the count.
@@ -29,16 +30,18 @@ PREDICTIONS = "predictions.jsonl"
 
 @dataclasses.dataclass
 class PredictResult:
-    """What ``predict_files`` did: inputs seen, predicted, and the failures ``(file, reason)``."""
+    """What ``predict_files`` did: inputs seen, predicted, and the failures ``(file, reason)``
+    (gallery files included)."""
 
     inputs: int
     predicted: int
     failed: list[tuple[str, str]]
     out: str
+    gallery: int = 0      # gallery files (with --gallery), readable or not
 
     def to_json(self) -> dict:
         return {"inputs": self.inputs, "predicted": self.predicted, "failed": len(self.failed),
-                "out": self.out}
+                "out": self.out, **({"gallery": self.gallery} if self.gallery else {})}
 
 
 def _natural(path: Path) -> list:
@@ -80,12 +83,49 @@ def _default_record(outputs: dict) -> dict:
     return {k: np.round(np.asarray(v, np.float64), 6).tolist() for k, v in outputs.items()}
 
 
+class _Gallery:
+    """Embeddings of a gallery folder, to answer each query with its nearest gallery images."""
+
+    def __init__(self, predictor: Predictor, paths: Sequence[str | Path], k: int):
+        self.files, self.k = [], int(k)
+        self.failed: list[tuple[str, str]] = []
+        embeddings = []
+        channels = predictor.model_info.channels
+        max_pixels = int(predictor.config.data.get("max_pixels", 50_000_000))
+        files = list_inputs(paths)
+        for start in range(0, len(files), predictor.batch_size):
+            prepared = []
+            for f in files[start:start + predictor.batch_size]:
+                try:
+                    prepared.append(predictor.prepare({"image": _read(f, channels, max_pixels)}))
+                    self.files.append(f)
+                except BadFile as e:
+                    self.failed.append((str(f), f"{e.path!r}: {e.reason}"))
+            for out in predictor(prepared) if prepared else []:
+                if "embedding" not in out:
+                    raise ValueError(f"--gallery answers queries with their nearest gallery images "
+                                     f"by the model's 'embedding' output, and this model's "
+                                     f"predict returns {sorted(out)}.")
+                embeddings.append(np.asarray(out["embedding"], np.float64).reshape(-1))
+        if not embeddings:
+            raise FileNotFoundError(f"--gallery {', '.join(map(str, paths))}: no readable image.")
+        self.embeddings = np.stack(embeddings)
+
+    def nearest(self, embedding: np.ndarray) -> list[tuple[Path, float]]:
+        d = np.linalg.norm(self.embeddings - np.asarray(embedding, np.float64).reshape(1, -1), axis=1)
+        order = np.lexsort((np.arange(len(d)), d))[:self.k]
+        return [(self.files[i], float(d[i])) for i in order]
+
+
 def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: str | Path, *,
                   rights: Sequence[str | Path] | None = None, progress: bool = False,
-                  pictures: bool = True) -> PredictResult:
+                  pictures: bool = True, gallery: Sequence[str | Path] | None = None,
+                  neighbours: int = 8) -> PredictResult:
     """Runs ``predictor`` on the image files of ``inputs`` (files or folders); writes
     ``out_dir/predictions.jsonl`` and the pictures. ``rights``: the right views of stereo pairs,
-    one per input (files, or folders listed the same way)."""
+    one per input (files, or folders listed the same way). ``gallery``: files or folders whose
+    images answer each query with its ``neighbours`` nearest by the ``embedding`` output
+    (euclidean): the record's ``neighbours`` (file, distance) and a picture of them."""
     files = list_inputs(inputs)
     keys = predictor.model_info.keys
     stereo = "image_right" in keys
@@ -115,6 +155,11 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
             return None, None, f"{e.path!r}: {e.reason}"
 
     failed: list[tuple[str, str]] = []
+    near = _Gallery(predictor, gallery, neighbours) if gallery else None
+    if near is not None:
+        failed.extend(near.failed)
+        for _, error in near.failed:
+            print(f"error: {error} (gallery)", file=sys.stderr, flush=True)
     taken: set[str] = set()
     predicted = 0
     bar = _progress(len(files), progress)
@@ -137,18 +182,31 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
                     out = next(outputs)
                     describe = exp.describe(config, out, info) if exp.describe else _default_record(out)
                     line.update(describe)
-                    if pictures and exp.draw is not None:
+                    picture = None
+                    if near is not None:
+                        found = near.nearest(out["embedding"])
+                        line["neighbours"] = [{"file": str(p), "distance": round(d, 6)}
+                                              for p, d in found]
+                        if pictures:
+                            from jaxvision import viz
+                            picture = viz.image_strip(
+                                [raw["image"]] + [_read(p, channels, max_pixels) for p, _ in found],
+                                ["query"] + [f"{d:.3f}" for _, d in found])
+                    elif pictures and exp.draw is not None:
+                        picture = exp.draw(config, raw, out, info)
+                    if picture is not None:
                         from PIL import Image
                         name = _picture_name(files[i], taken)
-                        Image.fromarray(np.asarray(exp.draw(config, raw, out, info),
-                                                   np.uint8)).save(out_dir / name, compress_level=1)
+                        Image.fromarray(np.asarray(picture, np.uint8)).save(out_dir / name,
+                                                                            compress_level=1)
                         line["picture"] = name
                     predicted += 1
                 f.write(json.dumps(line) + "\n")
             bar.update(len(index))
     bar.close()
     os.replace(tmp, out_dir / PREDICTIONS)
-    return PredictResult(len(files), predicted, failed, str(out_dir))
+    return PredictResult(len(files), predicted, failed, str(out_dir),
+                         gallery=len(near.files) + len(near.failed) if near else 0)
 
 
 class _NoBar:

@@ -170,8 +170,8 @@ def _base(identity_key: str = "identity") -> ml_collections.ConfigDict:
     config.data.sampler = "pk"
     config.data.pk_identities, config.data.pk_images = 16, 4
     config.model = ml_collections.ConfigDict(dict(name="small_cnn", widths=(32, 64, 128),
-                                                  norm="batch", dropout=0.0, dim=64,
-                                                  batch_norm=False, normalize=True))
+                                                  norm="batch", dropout=0.0, flatten=False,
+                                                  dim=64, batch_norm=False, normalize=True))
     config.loss = ml_collections.ConfigDict(dict(
         name="triplet", identity_key=identity_key, mining="batch_hard", margin=0.2,
         distance="euclidean", pos_margin=0.0, neg_margin=1.0, scale=30.0))

@@ -15,7 +15,9 @@ Array = jax.Array
 
 class SmallCNN(nn.Module):
     """Stages of ``blocks`` x (3x3 conv -> norm -> act), each stage but the last followed by a 2x2
-    pool; then global average pool, dropout and the ``head``. Returns (N, num_classes) float32.
+    pool; then global average pool (or, with ``flatten``, the last map flattened: the head then
+    sees where things are, which retrieval of digits needs), dropout and the ``head``. Returns
+    (N, num_classes) float32.
 
     Params are named ``stage{s}_conv{b}`` / ``stage{s}_norm{b}`` / ``head``; features
     ``stage1..stageS`` (each stage's output before pooling) and ``pool`` (the pooled vector).
@@ -27,6 +29,7 @@ class SmallCNN(nn.Module):
     blocks: int = 1
     width: float = 1.0
     pool: str = "max"
+    flatten: bool = False
     activation: str = "relu"
     norm: str = "batch"
     dropout: float = 0.0
@@ -57,7 +60,7 @@ class SmallCNN(nn.Module):
             features[f"stage{s}"] = h
             if s < len(self.widths):
                 h = pool(h, (2, 2), strides=(2, 2))
-        h = jnp.mean(h, axis=(1, 2))
+        h = h.reshape(h.shape[0], -1) if self.flatten else jnp.mean(h, axis=(1, 2))
         features["pool"] = h
         if self.dropout > 0:
             h = layers.Dropout(self.dropout)(h, deterministic=not train)

@@ -178,7 +178,7 @@ def test_predict_answers_queries_from_a_gallery(run, tmp_path, capsys):
 
 def test_small_cnn_flatten_keeps_the_layout_for_the_head():
     x = jnp.zeros((2, 28, 28, 1))
-    for flatten, fan_in in ((False, 16), (True, 7 * 7 * 16)):
+    for flatten, fan_in in ((False, 16), (True, 14 * 14 * 16)):   # one 2x2 pool: 28 -> 14
         model = build_model("small_cnn", widths=(8, 16), num_classes=5, flatten=flatten)
         params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)["params"]
         assert params["head"]["kernel"].shape == (fan_in, 5)

@@ -182,3 +182,21 @@ def test_small_cnn_flatten_keeps_the_layout_for_the_head():
         model = build_model("small_cnn", widths=(8, 16), num_classes=5, flatten=flatten)
         params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)["params"]
         assert params["head"]["kernel"].shape == (fan_in, 5)
+
+
+def test_represent_ships_the_pooled_features_and_the_loss_sees_the_projection():
+    backbone = build_model("small_cnn", widths=(4, 8), num_classes=6)
+    net = EmbeddingNet(backbone, represent="pool")
+    x = jax.random.uniform(jax.random.key(0), (3, 8, 8, 1))
+    variables = net.init(jax.random.key(1), x)
+    shipped = net.apply(variables, x)
+    projected = net.apply(variables, x, projection=True)
+    _, features = backbone.apply({"params": variables["params"]["backbone"],
+                                  "batch_stats": variables["batch_stats"]["backbone"]}, x,
+                                 return_features=True)
+    pool = np.asarray(features["pool"])
+    np.testing.assert_allclose(shipped, pool / np.linalg.norm(pool, axis=1, keepdims=True),
+                               rtol=1e-5, atol=1e-6)
+    assert shipped.shape == (3, 8) and projected.shape == (3, 6)
+    with pytest.raises(ValueError, match="not a feature"):
+        EmbeddingNet(backbone, represent="nope").init(jax.random.key(1), x)

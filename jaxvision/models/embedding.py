@@ -29,6 +29,13 @@ class EmbeddingNet(nn.Module):
     (a softmax classifier whose penultimate layer is the embedding). ``return_features=True``
     returns the backbone's features too (``(embedding, features)``), for probes.
 
+    ``represent``: the losses always act on the projection, but the embedding the model gives
+    (``__call__`` without ``projection=True``: what is evaluated, predicted and exported) is,
+    when ``represent`` names a backbone feature (``'pool'``), that feature flattened and
+    L2-normalized: the layer below the projection head, which carries over to classes never
+    trained on better than the projection does (as in SimCLR, Chen et al. 2020; measured in
+    ``benchmarks/NOTES.md``). '' ships the projection itself.
+
     Params: ``backbone/...`` (the zoo model's own), ``embedding_norm``, ``class_weights``.
     """
 
@@ -37,17 +44,26 @@ class EmbeddingNet(nn.Module):
     normalize: bool = True
     num_classes: int = 0
     head: str = "cosine"
+    represent: str = ""
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, return_scores: bool = False,
-                 return_features: bool = False):
-        out = self.backbone(x, train=train, return_features=return_features)
-        emb, features = out if return_features else (out, None)
+                 return_features: bool = False, projection: bool = False):
+        want_features = return_features or bool(self.represent)
+        out = self.backbone(x, train=train, return_features=want_features)
+        emb, features = out if want_features else (out, None)
         emb = emb.astype(jnp.float32)
         if self.batch_norm:
             emb = layers.norm("batch", train, jnp.float32)("embedding_norm")(emb)
         if self.normalize:
             emb = l2_normalize(emb)
+        projected = emb
+        if self.represent and not projection:
+            if self.represent not in features:
+                raise ValueError(f"EmbeddingNet represent={self.represent!r} is not a feature of "
+                                 f"{type(self.backbone).__name__}; it has: {', '.join(features)}.")
+            rep = features[self.represent]
+            emb = l2_normalize(rep.reshape(rep.shape[0], -1))
         result: Any = emb
         if self.head not in ("cosine", "linear"):
             raise ValueError(f"EmbeddingNet head={self.head!r} must be 'cosine' or 'linear'.")
@@ -57,13 +73,13 @@ class EmbeddingNet(nn.Module):
                                  "num_classes for a classification head.")
             w = self.param("class_weights", nn.initializers.normal(0.01),
                            (emb.shape[-1], self.num_classes), jnp.float32)
-            scores = (l2_normalize(emb) @ l2_normalize(w, axis=0) if self.head == "cosine"
-                      else emb @ w)
+            scores = (l2_normalize(projected) @ l2_normalize(w, axis=0) if self.head == "cosine"
+                      else projected @ w)
             result = (emb, scores)
         elif self.num_classes > 0 and self.is_initializing():
             # Create the class weights at init even when the caller asks only for embeddings.
             self.param("class_weights", nn.initializers.normal(0.01),
-                       (emb.shape[-1], self.num_classes), jnp.float32)
+                       (projected.shape[-1], self.num_classes), jnp.float32)
         if return_features:
             return (*result, features) if isinstance(result, tuple) else (result, features)
         return result

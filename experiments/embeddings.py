@@ -269,6 +269,7 @@ def triplet_cifar10() -> ml_collections.ConfigDict:
     config.data.input_shape, config.data.num_classes = (32, 32, 3), 10
     config.data.train_pp = "random_crop(32, pad=4)|flip_lr"
     config.model.widths = (32, 64, 128)
+    config.model.represent = "pool"
     config.train.steps = 3000
     config.train.eval_every = 1000
     config.train.checkpoint_every = 1000

@@ -110,7 +110,7 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{n} images from {images}; workdir {workdir}; backend {jax.default_backend()}, "
           f"{jax.device_count()} device(s)")
-    print(f"| what | first call s | median s | images/s |\n|---|---:|---:|---:|")
+    print("| what | first call s | median s | images/s |\n|---|---:|---:|---:|")
     for name, first, med, ips in rows:
         print(f"| {name} | {first:.2f} | {med:.3f} | {ips:.0f} |")
     print(f"export: {export_s:.2f} s, {meta['bytes'] / 1e6:.2f} MB; max |exported - predictor| "

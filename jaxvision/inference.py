@@ -24,9 +24,8 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import jax
 import numpy as np
 
 from jaxvision.data.example import Example

@@ -135,7 +135,6 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, valid: jax.Array, *,
     """
     d = pairwise_distances(embeddings, kind=distance)
     pos, neg = _pair_masks(labels, valid)
-    posf, negf = pos.astype(jnp.float32), neg.astype(jnp.float32)
     if mining == "batch_all":
         triplet = pos[:, :, None] & neg[:, None, :]
         loss = jnp.where(triplet, jax.nn.relu(d[:, :, None] - d[:, None, :] + margin), 0.0)

@@ -137,7 +137,7 @@ def convert(name: str, state_dict: Mapping[str, np.ndarray], template: Mapping[s
 
     def fill(path: tuple, leaf: Any) -> np.ndarray:
         keys = [str(getattr(k, "key", k)) for k in path]
-        collection, module, leaf_name = keys[0], "/".join(keys[1:-1]), keys[-1]
+        module, leaf_name = "/".join(keys[1:-1]), keys[-1]   # keys[0]: the collection
         found = lookup(module)
         if found is None or leaf_name not in _LEAVES["bn" if found[1] == "bn" else "conv"]:
             raise ValueError(f"{name}: the zoo model has {'/'.join(keys)}, which has no "

@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib.resources
 import json
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np

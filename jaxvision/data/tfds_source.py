@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 import importlib
 import inspect
 import os
@@ -327,5 +328,9 @@ def prepare(name: str, manual_dir: str | None = None, data_dir: str | None = Non
     builder = tfds.builder(name, data_dir=data_dir)
     config = tfds.download.DownloadConfig(
         manual_dir=str(Path(manual_dir).expanduser()) if manual_dir else None)
-    builder.download_and_prepare(file_format="array_record", download_config=config)
+    # One download folder per dataset: TFDS names extracted files after the archive alone
+    # ('GZIP.train-images-idx3-ubyte.gz'), so mnist and fashion_mnist prepared into one shared
+    # folder would silently reuse each other's extraction.
+    builder.download_and_prepare(file_format="array_record", download_config=config,
+                                 download_dir=str(Path(data_dir) / "downloads" / re.sub(r"[^\w.-]", "_", name)))
     return str(builder.data_dir)

@@ -243,3 +243,28 @@ def test_real_prepared_mnist():
         images, idx_labels = _idx(raw / "t10k-images-idx3-ubyte.gz"), _idx(raw / "t10k-labels-idx1-ubyte.gz")
         ours = sorted((e["image"].tobytes(), int(e["label"])) for e in examples)
         assert ours == sorted((im.tobytes(), int(y)) for im, y in zip(images, idx_labels, strict=True))
+
+
+def test_prepare_gives_each_dataset_its_own_download_folder(tmp_path, monkeypatch):
+    """TFDS names extracted manual files after the archive alone, so mnist and fashion_mnist
+    (same file names) prepared into one data_dir must not share a download folder: the second
+    would silently be built from the first's extraction."""
+    import tensorflow_datasets as tfds
+    from jaxvision.data import tfds_source
+    calls = []
+
+    class FakeBuilder:
+        data_dir = str(tmp_path / "prepared")
+
+        def download_and_prepare(self, **kwargs):
+            calls.append(kwargs)
+
+    monkeypatch.setattr(tfds_source, "_require_prepare_deps", lambda: None)
+    monkeypatch.setattr(tfds_source, "check_manual_dir", lambda name, manual_dir: None)
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir: FakeBuilder())
+    for name in ("mnist", "fashion_mnist", "coco/2017"):
+        tfds_source.prepare(name, manual_dir=str(tmp_path), data_dir=str(tmp_path / "tfds"))
+    folders = [c["download_dir"] for c in calls]
+    assert folders == [str(tmp_path / "tfds" / "downloads" / n)
+                       for n in ("mnist", "fashion_mnist", "coco_2017")]
+    assert all(c["download_config"].manual_dir == str(tmp_path) for c in calls)

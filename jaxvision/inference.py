@@ -154,14 +154,18 @@ class Predictor:
     def __call__(self, examples: Sequence[Example]) -> list[dict[str, np.ndarray]]:
         """The ``predict`` outputs of prepared ``examples``, one dict of numpy arrays each.
 
-        Batches are padded to ``batch_size`` (one compiled program for every call)."""
+        Batches of ``batch_size``; a shorter last batch is padded to the next power of two (a
+        multiple of the device count), so a single image does not pay for a whole batch and at
+        most log2(batch_size) programs are compiled."""
         from jaxvision.train.loop import predict
         out: list[dict] = []
+        n = self.run.strategy.num_devices
         for start in range(0, len(examples), self.batch_size):
             chunk = list(examples[start:start + self.batch_size])
+            size = min(self.batch_size, -(-(1 << (len(chunk) - 1).bit_length()) // n) * n)
             batch = {k: np.stack([np.asarray(e[k]) for e in chunk]) for k in self.model_info.keys}
-            batch = {k: _pad(v, self.batch_size) for k, v in batch.items()}
-            batch["valid"] = np.arange(self.batch_size) < len(chunk)
+            batch = {k: _pad(v, size) for k, v in batch.items()}
+            batch["valid"] = np.arange(size) < len(chunk)
             outputs = predict(self.run, self.device_state, self.fn, [batch])
             out.extend({k: v[i] for k, v in outputs.items()} for i in range(len(chunk)))
         return out

@@ -29,7 +29,7 @@ NMAX, DMAX = 12, 8
 DISTANCES = ("euclidean", "squared", "cosine")
 MININGS = ("batch_all", "batch_hard", "semi_hard")
 CONFIGS = [("contrastive", None)] + [("triplet", m) for m in MININGS]
-SETTINGS = settings(max_examples=30, deadline=None,
+SETTINGS = settings(max_examples=12, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 

@@ -92,7 +92,7 @@ def blobs(rng, sizes, dim=5, spread=30.0, sigma=0.5):
 # ----------------------------------------------------------------------------- kNN
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(n=st.integers(2, 30), dim=st.integers(1, 3), grid=st.integers(1, 4),
        classes=st.integers(1, 4), k=st.integers(1, 9), seed=st.integers(0, 10_000))
 def test_knn_accuracy_matches_brute_force_on_integer_grids_with_ties(n, dim, grid, classes, k,
@@ -105,7 +105,7 @@ def test_knn_accuracy_matches_brute_force_on_integer_grids_with_ties(n, dim, gri
         knn_oracle(emb, labels, k), abs=1e-12)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(n=st.integers(2, 30), dim=st.integers(2, 4), classes=st.integers(1, 4),
        k=st.integers(1, 9), seed=st.integers(0, 10_000))
 def test_knn_accuracy_cosine_matches_brute_force(n, dim, classes, k, seed):
@@ -148,7 +148,7 @@ def test_knn_accuracy_matches_sklearn_leave_one_out(distance, k):
 # ----------------------------------------------------------------------------- NMI and k-means
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 60), ca=st.integers(1, 6), cb=st.integers(1, 6),
        seed=st.integers(0, 10_000))
 def test_nmi_matches_sklearn(n, ca, cb, seed):
@@ -250,7 +250,7 @@ def _pairs_data(seed, n, grid=None):
     return d, same
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(n=st.integers(2, 150), grid=st.sampled_from([None, 2, 4, 10]),
        far=st.sampled_from([1e-3, 0.01, 0.05, 0.1, 0.25, 0.3, 0.5]), seed=st.integers(0, 10_000))
 def test_verification_auc_roc_and_tar_match_references(n, grid, far, seed):
@@ -297,7 +297,7 @@ def test_tar_at_far_by_hand():
     assert out["tar_at_far_0.001"] == pytest.approx(1 / 5)       # only 0.1 < 0.5
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(n=st.integers(2, 80), folds=st.integers(2, 12), grid=st.sampled_from([None, 3, 8]),
        seed=st.integers(0, 10_000))
 def test_verification_fold_accuracy_matches_brute_force(n, folds, grid, seed):

@@ -22,10 +22,12 @@ Two kinds, by how the core brings ``outputs`` back (``Evaluator.kind``):
 How the evaluators of the task issues plug in (each a ``GatherEvaluator`` subclass naming the
 ``predict`` outputs and batch keys it reads):
 
-* COCO/VOC mAP: ``predict`` returns fixed-size detections per image (boxes (N, K, 4), scores,
-  classes, a validity mask); the evaluator reads those plus the batch's ``boxes``,
-  ``box_classes``, ``box_valid`` and keeps them per image (about K * 24 bytes per image), then
-  matches and integrates precision/recall per class in ``compute``.
+* COCO/VOC mAP (``coco``, ``voc``, built in): ``predict`` returns fixed-size detections per
+  image (``det_boxes`` (N, K, 4), ``det_scores``, ``det_classes``, ``det_valid``); the evaluator
+  reads those plus the batch's ``boxes``, ``box_classes``, ``box_valid`` (and ``box_crowd``,
+  ``box_area``, ``box_difficult`` where present), keeps the valid rows (about 24 bytes per
+  detection), then matches and integrates precision/recall per class in ``compute``
+  (``jaxvision/mean_ap.py``).
 * mIoU: ``predict`` returns the argmax class map (N, H, W); the evaluator reads it and the
   batch's ``mask`` and adds a (C, C) confusion matrix per batch (streaming, O(C^2)).
 * EPE / bad-k / D1: ``predict`` returns the disparity (N, H, W); the evaluator reads it and the
@@ -127,10 +129,12 @@ class MeanMetrics(Evaluator):
 
 class GatherEvaluator(Evaluator):
     """Reads per-example outputs: ``predict_keys`` of the experiment's ``predict`` and
-    ``batch_keys`` of the batch (the names of the options that hold those keys)."""
+    ``batch_keys`` of the batch (the names of the options that hold those keys), plus the batch
+    keys of ``optional_batch_keys`` that the batch has."""
 
     predict_keys: tuple[str, ...] = ()
     batch_keys: tuple[str, ...] = ()
+    optional_batch_keys: tuple[str, ...] = ()
 
     def _keys(self) -> tuple[list[str], list[str]]:
         return ([getattr(self, k) for k in self.predict_keys],
@@ -160,7 +164,8 @@ class GatherEvaluator(Evaluator):
             if missing:
                 raise ConfigError(f"evals.{self.name} ({self.type_name()}) reads batch key(s) "
                                   f"{missing}; the batch has {sorted(batch)} (data.keys).")
-            out = self.transform({**{k: pred[k] for k in pkeys}, **{k: batch[k] for k in bkeys}})
+            keys = bkeys + [k for k in self.optional_batch_keys if k in batch]
+            out = self.transform({**{k: pred[k] for k in pkeys}, **{k: batch[k] for k in keys}})
             return {**out, "valid": batch["valid"]}
         return fn
 
@@ -309,11 +314,122 @@ class Verification(_Embeddings):
                                     seed=int(self.seed))
 
 
+class _Detections(GatherEvaluator):
+    """Base of the detection evaluators: keeps every image's valid detections and ground truth
+    (about 24 bytes per detection and per object on the host).
+
+    Reads ``predict()``'s fixed-size detections ``det_boxes`` (N, K, 4), ``det_scores`` (N, K),
+    ``det_classes`` (N, K) and ``det_valid`` (N, K), and the batch's padded ground truth
+    ``boxes`` (N, M, 4), ``box_classes``, ``box_valid`` and, where the source has them,
+    ``box_crowd``, ``box_area``, ``box_difficult`` (``jaxvision/data/example.py``). The image id
+    is the batch's ``index``. Boxes are scored at the eval pipeline's resolution (so COCO's
+    area ranges apply to the resized objects). The class count is the model's ``num_classes``
+    (or the ``num_classes`` option)."""
+
+    predict_keys = ("det_boxes", "det_scores", "det_classes", "det_valid")
+    batch_keys = ("boxes", "box_classes", "box_valid", "index")
+    optional_batch_keys = ("box_crowd", "box_area", "box_difficult")
+
+    def _keys(self):
+        return list(self.predict_keys), list(self.batch_keys)  # fixed names, not options
+
+    def device_fn(self, exp, model, config, static):
+        self.classes = int(self.num_classes or getattr(model, "num_classes", 0) or 0)
+        if self.classes < 1:
+            raise ConfigError(f"evals.{self.name}: the model has no num_classes attribute; set "
+                              f"evals.{self.name}.num_classes to the number of object classes.")
+        return super().device_fn(exp, model, config, static)
+
+    def metric_names(self, output_shapes):
+        shape = output_shapes.get("det_boxes")
+        if shape is None or len(shape.shape) != 3 or shape.shape[-1] != 4:
+            raise ConfigError(f"evals.{self.name}: predict() must return det_boxes (N, K, 4); got "
+                              f"{getattr(shape, 'shape', None)}.")
+        return self._names()
+
+    def reset(self):
+        self._gt: dict[str, list] = {}
+        self._dt: dict[str, list] = {}
+
+    def update(self, outputs):
+        o = {k: np.asarray(v) for k, v in outputs.items()}
+        image = o["index"].astype(np.int64)
+        dv, gv = o["det_valid"].astype(bool), o["box_valid"].astype(bool)
+        rows = {"image": np.broadcast_to(image[:, None], dv.shape)[dv],
+                "class": o["det_classes"][dv].astype(np.int64),
+                "boxes": o["det_boxes"][dv].astype(np.float64),
+                "score": o["det_scores"][dv].astype(np.float64)}
+        for k, v in rows.items():
+            self._dt.setdefault(k, []).append(v)
+        rows = {"image": np.broadcast_to(image[:, None], gv.shape)[gv],
+                "class": o["box_classes"][gv].astype(np.int64),
+                "boxes": o["boxes"][gv].astype(np.float64)}
+        for key, name in (("box_crowd", "crowd"), ("box_area", "area"), ("box_difficult", "difficult")):
+            if key in o:
+                rows[name] = o[key][gv]
+        for k, v in rows.items():
+            self._gt.setdefault(k, []).append(v)
+
+    def _gathered(self) -> tuple[dict, dict]:
+        gt = {k: np.concatenate(v) for k, v in self._gt.items()}
+        dt = {k: np.concatenate(v) for k, v in self._dt.items()}
+        if not gt:
+            gt = {"image": np.zeros(0, np.int64), "class": np.zeros(0, np.int64),
+                  "boxes": np.zeros((0, 4))}
+        if not dt:
+            dt = {"image": np.zeros(0, np.int64), "class": np.zeros(0, np.int64),
+                  "boxes": np.zeros((0, 4)), "score": np.zeros(0)}
+        return gt, dt
+
+
+class CocoDetection(_Detections):
+    """COCO box AP/AR (``jaxvision.mean_ap.coco_metrics``, equal to pycocotools): ``AP`` (IoU
+    0.50:0.95), ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AR1``, ``AR10``, ``AR100``,
+    ``ARs``, ``ARm``, ``ARl`` (-1 where COCO averages nothing, e.g. ``APl`` without a large
+    object), ``AP_per_class`` (C,) and ``pr_curve50`` (C, 101), precision at IoU 0.5 over the
+    recall points 0, 0.01, ..., 1 (for plots). ``max_dets``: detections per image and class."""
+
+    options = {"num_classes": 0, "max_dets": (1, 10, 100)}
+
+    def _names(self):
+        md = tuple(int(m) for m in self.max_dets)
+        if len(md) < 1 or min(md) < 1:
+            raise ConfigError(f"evals.{self.name}.max_dets must be positive ints, got {self.max_dets!r}.")
+        return (["AP", "AP50", "AP75", "APs", "APm", "APl"] + [f"AR{m}" for m in md]
+                + ["ARs", "ARm", "ARl", "AP_per_class", "pr_curve50"])
+
+    def compute(self):
+        from jaxvision.mean_ap import coco_metrics
+        gt, dt = self._gathered()
+        out = coco_metrics(gt, dt, self.classes, max_dets=tuple(int(m) for m in self.max_dets))
+        return {k: out[k] for k in self._names()}
+
+
+class VocDetection(_Detections):
+    """PASCAL VOC AP (``jaxvision.mean_ap.voc_ap``): ``voc_mAP`` at IoU > ``iou_threshold``
+    with difficult objects ignored, all-point (VOC2010+) or ``eleven_point`` (VOC2007), and
+    ``voc_AP_per_class`` (C,) (nan for a class without a non-difficult object)."""
+
+    options = {"num_classes": 0, "iou_threshold": 0.5, "eleven_point": False}
+
+    def _names(self):
+        return ["voc_mAP", "voc_AP_per_class"]
+
+    def compute(self):
+        from jaxvision.mean_ap import voc_ap
+        gt, dt = self._gathered()
+        out = voc_ap(gt, dt, self.classes, iou_threshold=float(self.iou_threshold),
+                     eleven_point=bool(self.eleven_point))
+        return {"voc_mAP": out["mAP"], "voc_AP_per_class": out["AP_per_class"]}
+
+
 EVALUATORS: dict[str, type[Evaluator]] = {
     "metrics": MeanMetrics,
     "confusion": Confusion,
     "retrieval": Retrieval,
     "verification": Verification,
+    "coco": CocoDetection,
+    "voc": VocDetection,
 }
 
 DEFAULT_NAME = "eval"

@@ -70,6 +70,7 @@ def data_config(name: str = "procedural") -> ml_collections.ConfigDict:
         max_pixels=MAX_PIXELS,
         train_classes=(),     # labels kept in data.train_split; () = all
         eval_classes=(),      # labels kept in data.eval_split; () = all (e.g. unseen classes)
+        class_names=(),       # voc_xml: the object class names in class-id order; () = the 20 VOC classes
         procedural=procedural_config(),
     ))
 

@@ -16,6 +16,9 @@ key                  shape               dtype     meaning
 ``disparity``        (H, W)              float32   left-view disparity in pixels (below)
 ``disparity_right``  (H, W)              float32   right-view disparity in pixels (below)
 ``identity``         ()                  int32     identity for metric learning (person, object id)
+``box_crowd``        (N,)                bool      COCO ``iscrowd``: a crowd region, never a miss
+``box_difficult``    (N,)                bool      PASCAL VOC ``difficult``: ignored by VOC AP
+``box_area``         (N,)                float32   COCO ``area`` (the object's mask area, pixels²)
 ===================  ==================  ========  ==============================================
 
 Keys added by the loader (never by a source):
@@ -31,6 +34,18 @@ plane: pixel ``(i, j)`` covers ``[i, i+1) x [j, j+1)``, the image spans ``[0, H]
 A box that tightly encloses the pixels of rows ``r0..r1`` and columns ``c0..c1`` (inclusive) is
 ``[r0, c0, r1 + 1, c1 + 1]``; its area is ``(y1 - y0) * (x1 - x0)``. A horizontal flip maps
 ``x -> W - x``. Normalized boxes (TFDS, YOLO) are converted at the source.
+
+**The box policy** (every source, every transform): coordinates must be finite with
+``y0 <= y1`` and ``x0 <= x1``, else ``validate_example`` stops with an error naming the example
+(its file for file sources). Parts of a box outside the image are clipped to it, and a box left
+with a side below 1 px by clipping or cropping is dropped (a resize only scales boxes) with its per-box keys; the
+loader counts dropped boxes (``Loader.dropped_boxes``, logged by the trainer). An example with
+more boxes than ``data.max_boxes`` is an error that gives the count to set.
+
+**Per-box metadata.** ``box_crowd``, ``box_difficult`` and ``box_area`` follow ``boxes`` through
+every transform (``box_area`` scales with the box: by ``sy * sx`` on a resize, by the kept
+fraction of the box on a crop). Sources without them leave them out; the COCO evaluator then
+treats every box as non-crowd with its box area, and VOC AP as non-difficult.
 
 **Disparity.** For the left view, ``left[y, x] == right[y, x - disparity[y, x]]``; for the right
 view, ``right[y, x] == left[y, x + disparity_right[y, x]]``. Pixels with unknown disparity hold
@@ -67,6 +82,9 @@ SPEC: dict[str, tuple[int, np.dtype]] = {
     "disparity": (2, np.dtype(np.float32)),
     "disparity_right": (2, np.dtype(np.float32)),
     "identity": (0, np.dtype(np.int32)),
+    "box_crowd": (1, np.dtype(np.bool_)),
+    "box_difficult": (1, np.dtype(np.bool_)),
+    "box_area": (1, np.dtype(np.float32)),
     # Added by the loader.
     "index": (0, np.dtype(np.int64)),
     "valid": (0, np.dtype(np.bool_)),
@@ -77,6 +95,8 @@ SPEC: dict[str, tuple[int, np.dtype]] = {
 SPATIAL_KEYS = ("image", "mask", "instance_mask", "image_right", "disparity", "disparity_right")
 # Keys that are images (uint8, channels last): photometric transforms touch only these.
 IMAGE_KEYS = ("image", "image_right")
+# Per-box keys: one row per row of ``boxes``, padded and dropped with it.
+BOX_KEYS = ("box_classes", "box_crowd", "box_difficult", "box_area")
 # Keys holding integer ids; a source must store them as integers (a float 0.5 would truncate).
 ID_KEYS = ("label", "identity", "box_classes", "mask", "instance_mask")
 # Id key -> the SourceInfo count that bounds it (None: only the lower bound is checked).
@@ -213,9 +233,10 @@ def validate_example(example: Mapping[str, Any], *, where: str = "example",
         if boxes.shape[-1] != 4:
             raise fail(f"'boxes' has shape {boxes.shape}; expected (N, 4) as [y0, x0, y1, x1] in "
                        "pixels.", "boxes")
-        if "box_classes" in example and np.shape(example["box_classes"])[0] != boxes.shape[0]:
-            raise fail(f"{boxes.shape[0]} boxes but {np.shape(example['box_classes'])[0]} "
-                       "box_classes.", "box_classes")
+        for key in BOX_KEYS:
+            if key in example and np.shape(example[key])[0] != boxes.shape[0]:
+                raise fail(f"{boxes.shape[0]} boxes but {np.shape(example[key])[0]} {key}; "
+                           "every per-box key has one entry per box.", key)
     for key in example:
         if key not in VALUE_KEYS:
             continue

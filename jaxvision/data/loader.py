@@ -25,6 +25,10 @@ as it is, from worker processes too). With ``'skip'`` the example is replaced by
 index (wrapping around): the same choice in every epoch, process and worker, since it depends
 only on the files. In eval mode the replacement's ``valid`` is False, so metrics count each good
 example exactly once. ``Loader.skipped()`` reports the bad examples this process has met.
+
+**Boxes** follow the box policy of ``jaxvision/data/example.py``: clipped to the image as read,
+dropped below 1 px by clipping or cropping, counted in ``Loader.dropped_boxes`` (valid examples
+only); every per-box key is padded to ``max_boxes`` with ``box_valid`` False.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ import grain
 import numpy as np
 
 from jaxvision.data.config import BAD_EXAMPLES
-from jaxvision.data.example import Example, validate_example
+from jaxvision.data.example import BOX_KEYS, SPEC, Example, validate_example
 from jaxvision.data.source import BadExample, DataError, Source, next_good, source_labels
+from jaxvision.data.transforms import clip_boxes
 
 Transform = Callable[[Example, np.random.Generator], Example]
 
@@ -48,6 +53,7 @@ _INFINITE = 2**40
 # Batch key (under 'skip' only) carrying, per slot, the index of the bad example it replaces or
 # -1; the loader removes it in the main process, where it counts the bad examples.
 _SKIPPED = "_skipped"
+_DROPPED = "_dropped_boxes"
 
 
 class Skipped(NamedTuple):
@@ -181,17 +187,23 @@ class _LoadSlot:
         index, epoch, valid = self.order.index(step, self.process_index * self.local_batch + offset)
         used, example = self._read(index)
         rng = np.random.default_rng([self.order.seed, epoch, used])
+        if "boxes" in example:
+            example, dropped = clip_boxes(example)
+            before = len(example["boxes"])
         example = self.transform(example, rng)
         example["index"] = np.int64(used)
         # A replacement repeats another example: eval must not count it twice.
         example["valid"] = np.bool_(valid and (used == index or self.order.mode == "train"))
+        if "boxes" in example:
+            dropped += before - len(example["boxes"])
+            example[_DROPPED] = np.int64(dropped if example["valid"] else 0)
         if self.skip:
             example[_SKIPPED] = np.int64(-1 if used == index else index)
         return example
 
 
 class _Collate:
-    """Stacks examples into a batch, padding ``boxes`` / ``box_classes`` to ``max_boxes``."""
+    """Stacks examples into a batch, padding ``boxes`` and the per-box keys to ``max_boxes``."""
 
     def __init__(self, max_boxes: int, where: str):
         self.max_boxes, self.where = max_boxes, where
@@ -226,10 +238,11 @@ class _Collate:
         ex = dict(ex)
         ex["boxes"] = np.zeros((self.max_boxes, 4), np.float32)
         ex["boxes"][:n] = boxes
-        classes = np.zeros((self.max_boxes,), np.int32)
-        if "box_classes" in ex:
-            classes[:n] = ex["box_classes"]
-            ex["box_classes"] = classes
+        for key in BOX_KEYS:
+            if key in ex:
+                padded = np.zeros((self.max_boxes,), SPEC[key][1])
+                padded[:n] = ex[key]
+                ex[key] = padded
         ex["box_valid"] = np.arange(self.max_boxes) < n
         return ex
 
@@ -269,6 +282,7 @@ class Loader:
                                self.local_batch, process_index, where, bad_examples == "skip")
         self._collate = _Collate(max_boxes, where)
         self._skipped: dict[int, str] = {}  # bad index -> its file, met by this process
+        self.dropped_boxes = 0  # boxes of valid examples dropped by the box policy, this process
 
     def skipped(self) -> Skipped:
         """Returns the bad examples skipped so far under ``bad_examples='skip'`` by this
@@ -282,8 +296,12 @@ class Loader:
         return Skipped(len(indices), tuple(self._skipped[i] for i in indices))
 
     def _tally(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Removes the skip marks from ``batch`` (in the main process) and records the bad
-        examples they name, warning once for each."""
+        """Removes the skip and box marks from ``batch`` (in the main process), records the bad
+        examples they name, warning once for each, and counts dropped boxes."""
+        if _DROPPED in batch:
+            self.dropped_boxes += int(batch.pop(_DROPPED).sum())
+        if _SKIPPED not in batch:
+            return batch
         for index in np.unique(batch.pop(_SKIPPED)).tolist():
             if index >= 0 and index not in self._skipped:
                 try:  # the worker that met it holds the error; reading again names the file
@@ -316,8 +334,8 @@ class Loader:
             if not flags.FLAGS.is_parsed():
                 flags.FLAGS.mark_as_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers))
-        if self._load.skip:
-            it = it.map(self._tally)  # after mp_prefetch: runs in this process, sees every batch
+        # After mp_prefetch: runs in this process and sees every batch.
+        it = it.map(self._tally)
         return it
 
     def iterator(self, state: dict[str, Any] | None = None) -> grain.DatasetIterator:

@@ -5,8 +5,8 @@ A source is anything with ``info``, ``__len__`` and ``__getitem__(i) -> Example`
 ``data_config.name``:
 
 * ``procedural``: the built-in scene generator (zero download, every target at once);
-* ``npz``, ``image_folder``, ``middlebury``, ``yolo``, ``oxford_pets``: local files under
-  ``data_config.path``;
+* ``npz``, ``image_folder``, ``middlebury``, ``yolo``, ``oxford_pets``, ``coco_json``,
+  ``voc_xml``: local files under ``data_config.path``;
 * any other name: a TensorFlow-Datasets dataset (``mnist``, ``cifar10``, ...; ``tfds:NAME`` also
   works), read with ``tfds.data_source`` from ``data_config.data_dir``.
 
@@ -26,9 +26,10 @@ from jaxvision.data.config import check_data_config
 # DataError lives in example.py (ExampleError is one); this module is where callers import it.
 from jaxvision.data.example import DataError, Example
 
-LOCAL_SOURCES = ("procedural", "npz", "image_folder", "middlebury", "yolo", "oxford_pets")
+LOCAL_SOURCES = ("procedural", "npz", "image_folder", "middlebury", "yolo", "oxford_pets",
+                 "coco_json", "voc_xml")
 # Local sources that read files (procedural generates its examples).
-FILE_SOURCES = ("npz", "image_folder", "middlebury", "yolo", "oxford_pets")
+FILE_SOURCES = ("npz", "image_folder", "middlebury", "yolo", "oxford_pets", "coco_json", "voc_xml")
 SKIP_HINT = "fix or remove the file, or set data.bad_examples='skip' to skip bad examples"
 
 
@@ -223,6 +224,9 @@ def build_source(config: Any, split: str) -> Source:
     elif name == "procedural":
         from jaxvision.data import procedural
         source = apply_slice(procedural.from_config(config, parse_split(split)[0]), split)
+    elif name in ("coco_json", "voc_xml"):
+        from jaxvision.data import boxfiles
+        source = apply_slice(boxfiles.from_config(config, parse_split(split)[0]), split)
     elif name in LOCAL_SOURCES:
         from jaxvision.data import local
         source = apply_slice(local.from_config(config, parse_split(split)[0]), split)

@@ -11,8 +11,9 @@ Spatial transforms (``resize``, ``random_crop``, ``center_crop``, ``random_resiz
 * disparity values are multiplied by the horizontal scale factor; invalid pixels (negative) stay
   exactly ``INVALID_DISPARITY``; padding is ``0`` for images and ``instance_mask``,
   ``IGNORE_LABEL`` for ``mask`` and ``INVALID_DISPARITY`` for disparity;
-* boxes that a crop leaves smaller than 1 px are dropped together with their ``box_classes``
-  (and ``box_valid``), and ``instance_mask`` is renumbered so that id ``k`` still means ``boxes[k-1]``.
+* boxes that a crop leaves smaller than 1 px are dropped together with their per-box keys
+  (``BOX_KEYS``, ``box_valid``), and ``instance_mask`` is renumbered so that id ``k`` still
+  means ``boxes[k-1]``; ``box_area`` scales with its box (see ``jaxvision/data/example.py``).
 
 Photometric transforms (``color_jitter``, ``normalize``) touch both stereo views identically;
 ``cutout`` touches the left image only. ``normalize`` turns images into float32, which
@@ -31,8 +32,8 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 from PIL import Image
 
-from jaxvision.data.example import (IGNORE_LABEL, IMAGE_KEYS, INVALID_DISPARITY, Example,
-                                    disparity_valid)
+from jaxvision.data.example import (BOX_KEYS, IGNORE_LABEL, IMAGE_KEYS, INVALID_DISPARITY,
+                                    Example, disparity_valid)
 from jaxvision.ops import boxes as box_ops
 
 
@@ -42,8 +43,9 @@ TRANSFORMS: dict[str, Callable[..., Transform]] = {}
 _FILL = {"image": 0, "image_right": 0, "mask": IGNORE_LABEL, "instance_mask": 0,
          "disparity": INVALID_DISPARITY, "disparity_right": INVALID_DISPARITY}
 _DISPARITY_KEYS = ("disparity", "disparity_right")
-_BOX_ALIGNED = ("box_classes", "box_valid")  # per-box keys kept aligned with ``boxes`` rows
-_LEFT_ONLY = ("mask", "instance_mask", "boxes", "box_classes", "box_valid")
+_BOX_ALIGNED = BOX_KEYS + ("box_valid",)  # per-box keys kept aligned with ``boxes`` rows
+_LEFT_ONLY = ("mask", "instance_mask", "boxes") + _BOX_ALIGNED
+MIN_BOX_SIDE = 1.0  # pixels: a box with a shorter side after clipping is dropped (the box policy)
 
 
 def register(name: str) -> Callable[[type], type]:
@@ -90,7 +92,7 @@ def _hw(example: Example) -> tuple[int, int]:
 def keep_boxes(example: Example, keep: np.ndarray) -> Example:
     """Returns ``example`` with only the boxes where ``keep`` (N,) is True.
 
-    ``box_classes`` / ``box_valid`` follow ``boxes``; ``instance_mask`` is renumbered so that id
+    The per-box keys (``BOX_KEYS``, ``box_valid``) follow ``boxes``; ``instance_mask`` is renumbered so that id
     ``k`` still refers to ``boxes[k-1]`` (pixels of a dropped box, or of ids > N, become 0).
     """
     keep = np.asarray(keep, bool)
@@ -137,9 +139,35 @@ def crop(example: Example, top: int, left: int, height: int, width: int) -> Exam
         out[key] = res
     if "boxes" in example:
         b = box_ops.clip(box_ops.translate(example["boxes"], -top, -left), height, width)
-        out["boxes"] = b.astype(np.float32)
-        out = keep_boxes(out, box_ops.valid(b, 1.0))
+        out = _set_boxes(out, b)
     return out
+
+
+def _set_boxes(example: Example, boxes: np.ndarray) -> Example:
+    """Replaces ``boxes`` by ``boxes`` (clipped or cropped versions of the same boxes): scales
+    ``box_area`` by the kept fraction of each box and drops boxes with a side below
+    ``MIN_BOX_SIDE``."""
+    out = dict(example)
+    if "box_area" in example:
+        before = box_ops.area(example["boxes"])
+        kept = np.where(before > 0, box_ops.area(boxes) / np.where(before > 0, before, 1), 1)
+        out["box_area"] = (example["box_area"] * kept).astype(np.float32)
+    out["boxes"] = np.asarray(boxes, np.float32)
+    return keep_boxes(out, box_ops.valid(boxes, MIN_BOX_SIDE))
+
+
+def clip_boxes(example: Example) -> tuple[Example, int]:
+    """The box policy at the source (``jaxvision/data/example.py``): returns ``(example with its
+    boxes clipped to the image and those left below MIN_BOX_SIDE dropped, number dropped)``."""
+    if "boxes" not in example or len(example["boxes"]) == 0:
+        return example, 0
+    h, w = _hw(example)
+    b = np.asarray(example["boxes"], np.float32)
+    clipped = box_ops.clip(b, h, w)
+    if np.array_equal(clipped, b) and box_ops.valid(b, MIN_BOX_SIDE).all():
+        return example, 0
+    out = _set_boxes(example, clipped)
+    return out, len(b) - len(out["boxes"])
 
 
 def _resize_image(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -185,6 +213,9 @@ def resize(example: Example, height: int, width: int) -> Example:
                                     np.float32(INVALID_DISPARITY)).astype(np.float32)
     if "boxes" in example:
         out["boxes"] = box_ops.scale(example["boxes"], height / h_in, width / w_in).astype(np.float32)
+    if "box_area" in example:
+        out["box_area"] = (example["box_area"] * np.float32(height * width / (h_in * w_in))
+                           ).astype(np.float32)
     return out
 
 

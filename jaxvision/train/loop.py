@@ -215,6 +215,7 @@ def evaluate(run: Run, device_state: Any, which: Sequence[int] | None = None) ->
             continue
         ev.reset()
         loader = run.eval_loaders[ev.name]
+        dropped_before = getattr(loader, "dropped_boxes", 0)
         for out in _outputs(run, run.eval_step(i), device_state, loader, ev.kind):
             ev.update(out)
         names = run.metric_names[i]
@@ -225,12 +226,21 @@ def evaluate(run: Run, device_state: Any, which: Sequence[int] | None = None) ->
             # Bad examples replaced under data.bad_examples='skip' are not in the metrics.
             key = "skipped_examples" if "skipped_examples" not in results else f"{ev.name}/skipped_examples"
             results[key] = float(skipped)
+        dropped = _sum_processes(getattr(loader, "dropped_boxes", 0) - dropped_before)
+        if dropped:
+            # The box policy (jaxvision/data/example.py) dropped boxes: the metrics never saw them.
+            key = "dropped_boxes" if "dropped_boxes" not in results else f"{ev.name}/dropped_boxes"
+            results[key] = float(dropped)
     return results
 
 
 def _skipped(loader: Any) -> int:
     """Bad examples of ``loader``'s split skipped so far, over every process."""
-    count = loader.skipped().count if hasattr(loader, "skipped") else 0
+    return _sum_processes(loader.skipped().count if hasattr(loader, "skipped") else 0)
+
+
+def _sum_processes(count: int) -> int:
+    """``count`` summed over every process of the job."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         count = int(np.sum(multihost_utils.process_allgather(np.int32(count))))

@@ -8,6 +8,11 @@ from jaxvision.data.loader import Loader, Order
 from jaxvision.data.source import ArraySource, DataError
 
 
+def _box(i: int) -> np.ndarray:
+    """A valid box inside a 4 x 4 image that tells example i apart (its width)."""
+    return np.array([0, 0, 2, 1 + i % 3], np.float32)
+
+
 def make_source(n=23, size=4, with_boxes=False, identities=None):
     rng = np.random.default_rng(0)
     arrays = {
@@ -15,7 +20,7 @@ def make_source(n=23, size=4, with_boxes=False, identities=None):
         "label": np.arange(n, dtype=np.int32) % 5,
     }
     if with_boxes:
-        arrays["boxes"] = [np.full((i % 4, 4), float(i), np.float32) for i in range(n)]
+        arrays["boxes"] = [np.tile(_box(i), (i % 4, 1)) for i in range(n)]
         arrays["box_classes"] = [np.full((i % 4,), i, np.int32) for i in range(n)]
     if identities is not None:
         arrays["identity"] = np.asarray(identities, np.int32)
@@ -106,8 +111,28 @@ def test_boxes_padded_with_validity_mask():
     for row, idx in enumerate(batch["index"]):
         n = int(idx) % 4
         assert batch["box_valid"][row].tolist() == [True] * n + [False] * (5 - n)
-        np.testing.assert_array_equal(batch["boxes"][row, :n], np.full((n, 4), float(idx)))
+        np.testing.assert_array_equal(batch["boxes"][row, :n], np.tile(_box(int(idx)), (n, 1)))
         assert (batch["boxes"][row, n:] == 0).all()
+
+
+def test_box_policy_clips_drops_counts_and_pads_per_box_keys():
+    boxes = [np.array([[-2, -3, 3, 2],      # clipped to [0, 0, 3, 2]
+                       [1, 1, 1.5, 3],      # under 1 px tall: dropped
+                       [5, 5, 9, 9],        # outside the 4 x 4 image: nothing left, dropped
+                       [0, 1, 4, 4]], np.float32)]
+    src = ArraySource({"image": np.zeros((1, 4, 4, 3), np.uint8), "boxes": boxes,
+                       "box_classes": [np.array([0, 1, 2, 3], np.int32)],
+                       "box_crowd": [np.array([True, False, False, False])],
+                       "box_area": [np.array([25.0, 1.0, 16.0, 9.0], np.float32)]})
+    loader = Loader(src, global_batch=2, mode="eval", max_boxes=3, prefetch=1)
+    batch = next(iter(loader))
+    np.testing.assert_array_equal(batch["boxes"][0], [[0, 0, 3, 2], [0, 1, 4, 4], [0, 0, 0, 0]])
+    assert batch["box_classes"][0].tolist() == [0, 3, 0]
+    assert batch["box_crowd"][0].tolist() == [True, False, False]
+    # box_area keeps the kept fraction of its box: 6 of 25 px of the first box remain.
+    np.testing.assert_allclose(batch["box_area"][0], [25.0 * 6 / 25, 9.0, 0.0])
+    assert batch["box_valid"][0].tolist() == [True, True, False]
+    assert loader.dropped_boxes == 2  # the padding copy (valid False) is not counted
 
 
 def test_too_many_boxes_is_a_clear_error():

@@ -7,6 +7,7 @@ never imported by host-only code. Boxes are ``(..., 4)``; integer input is promo
 
 from __future__ import annotations
 
+import math
 import sys
 from types import ModuleType
 from typing import Any
@@ -134,3 +135,130 @@ def from_instance_mask(instance_mask: Array, num: int) -> Array:
     out = xp.stack([y0, x0, y1 + 1, x1 + 1], axis=-1)[1:].astype(xp.float32)
     present = (y1 >= 0)[1:]
     return xp.where(present[:, None], out, 0).astype(xp.float32)
+
+
+# ----------------------------------------------------------------------------- formats
+
+FORMATS = ("yxyx", "xyxy", "xywh", "cxcywh")
+
+
+def convert(boxes: Array, src: str, dst: str) -> Array:
+    """Returns ``boxes`` (..., 4) converted from format ``src`` to ``dst``, same shape.
+
+    Formats (absolute pixels): ``yxyx`` = ``[y0, x0, y1, x1]`` (this project's), ``xyxy`` =
+    ``[x0, y0, x1, y1]`` (torchvision), ``xywh`` = ``[x0, y0, width, height]`` (COCO files),
+    ``cxcywh`` = ``[centre x, centre y, width, height]`` (YOLO files, unnormalized).
+    """
+    for name, fmt in (("src", src), ("dst", dst)):
+        if fmt not in FORMATS:
+            raise ValueError(f"convert: {name}={fmt!r} is not a box format; formats: {', '.join(FORMATS)}.")
+    boxes, xp = _as_boxes(boxes)
+    a, b, c, d = (boxes[..., i] for i in range(4))
+    if src == "xyxy":
+        y0, x0, y1, x1 = b, a, d, c
+    elif src == "xywh":
+        y0, x0, y1, x1 = b, a, b + d, a + c
+    elif src == "cxcywh":
+        y0, x0, y1, x1 = b - d / 2, a - c / 2, b + d / 2, a + c / 2
+    else:
+        y0, x0, y1, x1 = a, b, c, d
+    if dst == "xyxy":
+        out = (x0, y0, x1, y1)
+    elif dst == "xywh":
+        out = (x0, y0, x1 - x0, y1 - y0)
+    elif dst == "cxcywh":
+        out = ((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0)
+    else:
+        out = (y0, x0, y1, x1)
+    return xp.stack(out, axis=-1)
+
+
+# ----------------------------------------------------------------------------- overlaps
+
+
+def _overlap(a: Array, b: Array, xp: ModuleType) -> tuple[Array, Array, Array]:
+    """Intersection, union and enclosing-box area of broadcast boxes ``a``, ``b`` (..., 4)."""
+    lo, hi = xp.maximum(a[..., :2], b[..., :2]), xp.minimum(a[..., 2:], b[..., 2:])
+    wh = xp.maximum(hi - lo, 0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area(a) + area(b) - inter
+    elo, ehi = xp.minimum(a[..., :2], b[..., :2]), xp.maximum(a[..., 2:], b[..., 2:])
+    ewh = xp.maximum(ehi - elo, 0)
+    return inter, union, ewh[..., 0] * ewh[..., 1]
+
+
+def _safe_div(x: Array, y: Array, xp: ModuleType) -> Array:
+    ok = y > 0
+    return xp.where(ok, x / xp.where(ok, y, 1), 0)
+
+
+def paired_iou(a: Array, b: Array) -> Array:
+    """Returns the IoU of corresponding boxes of ``a`` and ``b`` (broadcast (..., 4)), shape
+    ``(...)``; 0 where the union is empty. Differentiable (the gradient is 0 there)."""
+    a, xp = _as_boxes(a, "a")
+    b, _ = _as_boxes(b, "b")
+    inter, union, _ = _overlap(a, b, xp)
+    return _safe_div(inter, union, xp)
+
+
+def paired_giou(a: Array, b: Array) -> Array:
+    """Returns the generalized IoU (Rezatofighi et al., 2019) of corresponding boxes, shape
+    ``(...)``, in [-1, 1]: ``IoU - (enclosing area - union) / enclosing area``. Safe on
+    zero-area boxes: the IoU term is 0 where the union is empty and the penalty 0 where the
+    enclosing box is empty."""
+    a, xp = _as_boxes(a, "a")
+    b, _ = _as_boxes(b, "b")
+    inter, union, enclose = _overlap(a, b, xp)
+    return _safe_div(inter, union, xp) - _safe_div(enclose - union, enclose, xp)
+
+
+def giou(a: Array, b: Array) -> Array:
+    """Returns the pairwise generalized IoU of ``a`` (N, 4) and ``b`` (M, 4), shape (N, M)."""
+    a, xp = _as_boxes(a, "a")
+    b, _ = _as_boxes(b, "b")
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"giou expects a (N, 4) and b (M, 4); got {tuple(a.shape)} and {tuple(b.shape)}.")
+    return paired_giou(a[:, None, :], b[None, :, :])
+
+
+# ----------------------------------------------------------------------------- R-CNN coding
+
+BBOX_CLIP = math.log(1000.0 / 16)  # torchvision's cap on decoded log-size offsets
+
+
+def encode(boxes: Array, anchors: Array, weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+           ) -> Array:
+    """Returns the R-CNN offsets of ``boxes`` from ``anchors`` (broadcast (..., 4)), (..., 4).
+
+    ``[dy, dx, dh, dw] = [wy (cy - acy) / ah, wx (cx - acx) / aw, wh log(h / ah), ww log(w / aw)]``
+    with ``weights = (wy, wx, wh, ww)``: torchvision's ``BoxCoder`` in this project's y-first
+    order (its ``(10, 10, 5, 5)`` for the Fast R-CNN head). Sides are floored at a tiny
+    positive value so degenerate boxes give finite offsets.
+    """
+    boxes, xp = _as_boxes(boxes)
+    anchors, _ = _as_boxes(anchors, "anchors")
+    wy, wx, wh, ww = weights
+    ah = xp.maximum(anchors[..., 2] - anchors[..., 0], 1e-6)
+    aw = xp.maximum(anchors[..., 3] - anchors[..., 1], 1e-6)
+    h = xp.maximum(boxes[..., 2] - boxes[..., 0], 1e-6)
+    w = xp.maximum(boxes[..., 3] - boxes[..., 1], 1e-6)
+    dy = wy * ((boxes[..., 0] + boxes[..., 2]) - (anchors[..., 0] + anchors[..., 2])) / (2 * ah)
+    dx = wx * ((boxes[..., 1] + boxes[..., 3]) - (anchors[..., 1] + anchors[..., 3])) / (2 * aw)
+    return xp.stack([dy, dx, wh * xp.log(h / ah), ww * xp.log(w / aw)], axis=-1)
+
+
+def decode(deltas: Array, anchors: Array, weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+           clip: float = BBOX_CLIP) -> Array:
+    """Returns the boxes (..., 4) that ``deltas`` (..., 4) encode against ``anchors`` (the
+    inverse of ``encode``); log-size offsets are capped at ``clip`` so a wild prediction
+    cannot overflow ``exp``."""
+    deltas, xp = _as_boxes(deltas, "deltas")
+    anchors, _ = _as_boxes(anchors, "anchors")
+    wy, wx, wh, ww = weights
+    ah = anchors[..., 2] - anchors[..., 0]
+    aw = anchors[..., 3] - anchors[..., 1]
+    cy = anchors[..., 0] + 0.5 * ah + deltas[..., 0] / wy * ah
+    cx = anchors[..., 1] + 0.5 * aw + deltas[..., 1] / wx * aw
+    h = ah * xp.exp(xp.minimum(deltas[..., 2] / wh, clip))
+    w = aw * xp.exp(xp.minimum(deltas[..., 3] / ww, clip))
+    return xp.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)

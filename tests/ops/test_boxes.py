@@ -143,3 +143,90 @@ def test_bad_shapes_raise_clear_errors():
         B.iou(np.zeros(4), np.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"instance_mask has shape \(2, 3, 1\)"):
         B.from_instance_mask(np.zeros((2, 3, 1), np.int32), 2)
+
+
+# ----------------------------------------------------------------------------- formats, GIoU
+
+
+def test_convert_by_hand_and_round_trips():
+    yxyx = np.array([[2.0, 3.0, 10.0, 7.0]], np.float32)
+    want = {"xyxy": [[3, 2, 7, 10]], "xywh": [[3, 2, 4, 8]], "cxcywh": [[5, 6, 4, 8]],
+            "yxyx": [[2, 3, 10, 7]]}
+    for fmt, value in want.items():
+        np.testing.assert_allclose(B.convert(yxyx, "yxyx", fmt), value)
+        np.testing.assert_allclose(B.convert(np.asarray(value, np.float32), fmt, "yxyx"), yxyx)
+    out = B.convert(jnp.asarray(yxyx), "yxyx", "xywh")
+    assert isinstance(out, jax.Array)
+    with pytest.raises(ValueError, match="formats: yxyx, xyxy, xywh, cxcywh"):
+        B.convert(yxyx, "yxyx", "xyhw")
+
+
+def giou_loop(a, b):
+    out = np.zeros((len(a), len(b)))
+    iou = iou_loop(a, b)
+    for i, (ay0, ax0, ay1, ax1) in enumerate(a.tolist()):
+        for j, (by0, bx0, by1, bx1) in enumerate(b.tolist()):
+            ua = max(ay1 - ay0, 0) * max(ax1 - ax0, 0)
+            ub = max(by1 - by0, 0) * max(bx1 - bx0, 0)
+            ih = max(0.0, min(ay1, by1) - max(ay0, by0))
+            iw = max(0.0, min(ax1, bx1) - max(ax0, bx0))
+            union = ua + ub - ih * iw
+            enclose = (max(ay1, by1) - min(ay0, by0)) * (max(ax1, bx1) - min(ax0, bx0))
+            out[i, j] = iou[i, j] - ((enclose - union) / enclose if enclose > 0 else 0.0)
+    return out
+
+
+@SETTINGS
+@given(box_arrays(), box_arrays())
+def test_giou_and_paired_versions_match_a_loop(a, b):
+    want = giou_loop(a, b)
+    np.testing.assert_allclose(B.giou(a, b), want, atol=1e-6)
+    if len(a) and len(b):
+        n = min(len(a), len(b))
+        np.testing.assert_allclose(B.paired_giou(a[:n], b[:n]), np.diag(want[:n, :n]), atol=1e-6)
+        np.testing.assert_allclose(B.paired_iou(a[:n], b[:n]), np.diag(iou_loop(a, b)[:n, :n]),
+                                   atol=1e-6)
+    assert (want >= -1 - 1e-6).all() and (want <= 1 + 1e-6).all()
+
+
+def test_giou_by_hand_and_finite_gradients_on_degenerate_boxes():
+    a = np.array([[0, 0, 2, 2]], np.float32)
+    b = np.array([[0, 4, 2, 6]], np.float32)  # disjoint, enclosing 2 x 6 = 12, union 8
+    np.testing.assert_allclose(B.paired_giou(a, b), [0 - (12 - 8) / 12])
+    np.testing.assert_allclose(np.asarray(B.giou(jnp.asarray(a), jnp.asarray(b))), [[-1 / 3]], rtol=1e-6)
+    point = jnp.zeros((1, 4))
+    g = jax.grad(lambda x: B.paired_giou(x, point).sum() + B.paired_iou(x, point).sum())(point)
+    assert np.isfinite(np.asarray(g)).all()
+    assert float(B.paired_giou(point, point)[0]) == 0.0
+
+
+# ----------------------------------------------------------------------------- R-CNN coding
+
+
+def encode_loop(boxes, anchors, weights):
+    wy, wx, wh, ww = weights
+    out = []
+    for (y0, x0, y1, x1), (a0, b0, a1, b1) in zip(boxes.tolist(), anchors.tolist()):
+        h, w, ah, aw = y1 - y0, x1 - x0, a1 - a0, b1 - b0
+        out.append([wy * ((y0 + h / 2) - (a0 + ah / 2)) / ah, wx * ((x0 + w / 2) - (b0 + aw / 2)) / aw,
+                    wh * np.log(h / ah), ww * np.log(w / aw)])
+    return np.asarray(out).reshape(-1, 4)
+
+
+@SETTINGS
+@given(box_arrays(min_n=1, nonempty=True), st.sampled_from([(1, 1, 1, 1), (10, 10, 5, 5)]))
+def test_encode_matches_a_loop_and_decode_inverts_it(boxes, weights):
+    anchors = boxes[::-1] + np.float32(0.5)
+    deltas = B.encode(boxes, anchors, weights)
+    np.testing.assert_allclose(deltas, encode_loop(boxes, anchors, weights), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(B.decode(deltas, anchors, weights), boxes, rtol=1e-5, atol=1e-4)
+    jd = B.decode(jnp.asarray(deltas), jnp.asarray(anchors), weights)
+    np.testing.assert_allclose(np.asarray(jd), boxes, rtol=1e-5, atol=1e-4)
+
+
+def test_decode_caps_log_sizes():
+    anchors = np.array([[0, 0, 10, 10]], np.float32)
+    out = B.decode(np.array([[0, 0, 1e4, 1e4]], np.float32), anchors)
+    side = 10 * np.exp(B.BBOX_CLIP)
+    np.testing.assert_allclose(out, [[5 - side / 2, 5 - side / 2, 5 + side / 2, 5 + side / 2]], rtol=1e-5)
+    assert np.isfinite(B.encode(np.zeros((1, 4), np.float32), anchors)).all()

@@ -66,6 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
             checkpoint=None,         # None (= latest), "best" or a step
             include=(),              # regexes over '/'-joined param paths; () = every path
             exclude=("^head/",),     # re-initialize the head (e.g. for a new class count)
+            map=(),                  # (regex, replacement) pairs (or 'regex=replacement'
+                                     # strings) re.sub'd into each source path, in order, before
+                                     # matching: (('^', 'backbone/'),) nests a classifier's weights
             model_state=True,        # copy the selected layers' model state (batch_stats) too
         )),
     ))

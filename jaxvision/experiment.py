@@ -20,8 +20,10 @@ few pure functions (``variables`` below is ``{'params': params, **model_state}``
   (``jaxvision.evaluators``), ``ensemble``, ``probe`` and ``predict`` read, one row per example of
   the batch, never reduced over it;
 * optional ``describe(config, outputs, info) -> dict``: the JSON record ``predict`` writes for one
-  input (``outputs``: that example's ``predict`` outputs, numpy, no batch axis), e.g. the top-5
-  classes; default: every output as a (nested) list;
+  input (``outputs``: that example's ``predict`` outputs, numpy, no batch axis, plus
+  ``image_size`` (H, W) of the file and ``input_size`` (H, W) of the model input, to map
+  pixel outputs such as boxes back), e.g. the top-5 classes; default: every output as a
+  (nested) list;
 * optional ``draw(config, example, outputs, info) -> (H, W, 3) uint8``: the picture ``predict``
   saves for one input (``example``: its images as read from disk, before any transform);
   default: no picture;

@@ -186,3 +186,204 @@ def margin_logits(cosines: jax.Array, labels: jax.Array, *, kind: str = "arcface
     else:
         raise ValueError(f"margin logits kind {kind!r} is not 'arcface' or 'cosface'.")
     return scale * jnp.where(target, shifted, c)
+
+
+# ------------------------------------------------------------------------ detection
+#
+# Element-wise losses return arrays of their input's shape; the detection experiment sums them
+# over anchors / cells / RoIs and normalizes per image (the normalizer each paper uses).
+
+
+def sigmoid_focal_loss(logits: jax.Array, targets: jax.Array, *, alpha: float = 0.25,
+                       gamma: float = 2.0) -> jax.Array:
+    """Focal loss (Lin et al., 2017) per element, as ``torchvision.ops.sigmoid_focal_loss(...,
+    reduction='none')``: ``-alpha_t (1 - p_t)^gamma log(p_t)`` with ``p = sigmoid(logits)``,
+    ``targets`` in {0, 1} (or soft), ``alpha_t = alpha`` for targets 1 and ``1 - alpha`` for 0;
+    a negative ``alpha`` turns the weighting off. Float32, same shape as ``logits``."""
+    x = logits.astype(jnp.float32)
+    t = targets.astype(jnp.float32)
+    p = jax.nn.sigmoid(x)
+    ce = optax.sigmoid_binary_cross_entropy(x, t)
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    return loss
+
+
+def smooth_l1(x: jax.Array, beta: float = 1.0) -> jax.Array:
+    """Smooth L1 per element (Girshick, 2015; torchvision's ``beta``): ``0.5 x^2 / beta`` for
+    ``|x| < beta``, ``|x| - 0.5 beta`` beyond; ``beta = 0`` is plain L1."""
+    a = jnp.abs(x.astype(jnp.float32))
+    if beta <= 0:
+        return a
+    return jnp.where(a < beta, 0.5 * a * a / beta, a - 0.5 * beta)
+
+
+def giou_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """``1 - GIoU`` of corresponding ``[y0, x0, y1, x1]`` boxes (..., 4) -> (...), in [0, 2]."""
+    from jaxvision.ops.boxes import paired_giou
+    return 1.0 - paired_giou(pred.astype(jnp.float32), target.astype(jnp.float32))
+
+
+def centernet_focal_loss(logits: jax.Array, heatmap: jax.Array, *, alpha: float = 2.0,
+                         beta: float = 4.0) -> jax.Array:
+    """CenterNet's penalty-reduced focal loss per element (Zhou et al., 2019, eq. 1, from
+    CornerNet): ``-(1 - p)^alpha log p`` where the target ``heatmap == 1`` (object centres),
+    ``-(1 - y)^beta p^alpha log(1 - p)`` elsewhere. The paper divides the sum by the number of
+    objects. Float32, same shape."""
+    x = logits.astype(jnp.float32)
+    y = heatmap.astype(jnp.float32)
+    log_p, log_q = jax.nn.log_sigmoid(x), jax.nn.log_sigmoid(-x)
+    p = jnp.exp(log_p)
+    centre = y >= 1.0
+    return jnp.where(centre, -((1 - p) ** alpha) * log_p, -((1 - y) ** beta) * (p ** alpha) * log_q)
+
+
+class YoloTerms(NamedTuple):
+    """The five sums of the YOLOv1 loss for each image (N,), already weighted by the lambdas:
+    ``coord`` (centres), ``size`` (square-root sides), ``obj`` (confidence of responsible
+    predictors), ``noobj`` (confidence of the others), ``cls`` (class probabilities)."""
+
+    coord: jax.Array
+    size: jax.Array
+    obj: jax.Array
+    noobj: jax.Array
+    cls: jax.Array
+
+    def total(self) -> jax.Array:
+        return self.coord + self.size + self.obj + self.noobj + self.cls
+
+
+def yolo_v1_loss(pred: jax.Array, boxes: jax.Array, box_classes: jax.Array, box_valid: jax.Array,
+                 image_size: tuple[int, int], *, num_boxes: int, lambda_coord: float = 5.0,
+                 lambda_noobj: float = 0.5) -> YoloTerms:
+    """The YOLOv1 sum-squared loss (Redmon et al., 2016, eq. 3) per image.
+
+    ``pred`` (N, S, S, B * 5 + C): per cell, B predictors ``[ty, tx, sqrt_h, sqrt_w, conf]``
+    (``ty, tx``: the centre's offset inside the cell in cell units; ``sqrt_h, sqrt_w``: square
+    roots of the box sides over the image sides) then C class probabilities. Ground truth:
+    ``boxes`` (N, M, 4) pixels, ``box_classes`` (N, M), ``box_valid`` (N, M). The cell holding
+    an object's centre is responsible for it (of several objects in one cell, the largest);
+    of its predictors, the one whose box has the highest IoU with the object is responsible
+    (the first on ties). Confidence targets are that IoU (outside the gradient) for
+    responsible predictors and 0 for every other predictor. Classes are regressed in cells
+    with an object."""
+    from jaxvision.ops.targets import yolo_v1_boxes, yolo_v1_targets
+    from jaxvision.ops.boxes import paired_iou
+    n, s, _, depth = pred.shape
+    b = int(num_boxes)
+    c = depth - 5 * b
+    if c < 1:
+        raise ValueError(f"yolo_v1_loss: the prediction has {depth} channels per cell, fewer than "
+                         f"5 * num_boxes ({5 * b}) + 1 class.")
+    p = pred.astype(jnp.float32)
+    t = yolo_v1_targets(boxes, box_classes, box_valid, image_size, s, c)
+    box_p = p[..., :5 * b].reshape(n, s, s, b, 5)
+    decoded = yolo_v1_boxes(box_p, image_size)                    # (N, S, S, B, 4)
+    ious = paired_iou(decoded, t.box[:, :, :, None, :])              # (N, S, S, B)
+    best = jnp.argmax(ious, axis=-1)
+    resp = jax.nn.one_hot(best, b, dtype=jnp.float32) * t.has_object[..., None]
+    target_xy, target_wh = t.offset[:, :, :, None, :], t.sqrt_size[:, :, :, None, :]
+    coord = lambda_coord * jnp.sum(resp[..., None] * (box_p[..., 0:2] - target_xy) ** 2, (1, 2, 3, 4))
+    size = lambda_coord * jnp.sum(resp[..., None] * (box_p[..., 2:4] - target_wh) ** 2, (1, 2, 3, 4))
+    conf = box_p[..., 4]
+    obj = jnp.sum(resp * (conf - jax.lax.stop_gradient(ious)) ** 2, (1, 2, 3))
+    noobj = lambda_noobj * jnp.sum((1 - resp) * conf ** 2, (1, 2, 3))
+    onehot = jax.nn.one_hot(t.cls, c, dtype=jnp.float32)
+    cls = jnp.sum(t.has_object[..., None] * (p[..., 5 * b:] - onehot) ** 2, (1, 2, 3))
+    return YoloTerms(coord, size, obj, noobj, cls)
+
+
+
+def centernet_loss(out: dict, boxes: jax.Array, box_classes: jax.Array, box_valid: jax.Array,
+                   stride: float, *, size_weight: float = 0.1, offset_weight: float = 1.0
+                   ) -> dict[str, jax.Array]:
+    """CenterNet's loss per image (N,) (Zhou et al., 2019, eq. 2): ``heatmap``
+    (``centernet_focal_loss``), ``offset`` and ``size`` (L1 at the object centres, weighted
+    ``offset_weight`` and ``size_weight``), each divided by the image's object count (at
+    least 1); ``out`` as ``CenterNet`` returns it."""
+    from jaxvision.ops.targets import centernet_targets
+    n, h, w, c = out["heatmap"].shape
+    t = centernet_targets(boxes, box_classes, box_valid, (h, w), stride, c)
+    num = jnp.maximum(jnp.sum(box_valid, 1).astype(jnp.float32), 1.0)
+    heat = jnp.sum(centernet_focal_loss(out["heatmap"], t.heatmap), (1, 2, 3)) / num
+    valid = box_valid.astype(jnp.float32)[..., None]
+
+    def at_centres(x):  # (N, h, w, 2) -> (N, M, 2)
+        return jnp.take_along_axis(x.reshape(n, h * w, 2).astype(jnp.float32), t.cell[..., None], 1)
+
+    off = jnp.sum(valid * jnp.abs(at_centres(out["offset"]) - t.offset), (1, 2)) / num
+    size = jnp.sum(valid * jnp.abs(at_centres(out["size"]) - t.size), (1, 2)) / num
+    return {"heatmap": heat, "offset": offset_weight * off, "size": size_weight * size}
+
+
+def retinanet_loss(out: dict, boxes: jax.Array, box_classes: jax.Array, box_valid: jax.Array, *,
+                   positive: float = 0.5, negative: float = 0.4, alpha: float = 0.25,
+                   gamma: float = 2.0, box_loss: str = "smooth_l1", beta: float = 1.0 / 9
+                   ) -> dict[str, jax.Array]:
+    """RetinaNet's loss per image (N,): ``cls``, the sigmoid focal loss summed over every
+    (anchor, class) of the non-ignored anchors, and ``box``, smooth L1 (``beta``) on the R-CNN
+    offsets or ``giou`` on the decoded boxes of the positive anchors; both divided by the
+    image's positive count (at least 1). Anchors match objects by ``match_anchors``
+    (``positive`` / ``negative`` IoU, every object forced to its best anchor)."""
+    from jaxvision.ops.anchors import POSITIVE, match_anchors
+    from jaxvision.ops.boxes import decode, encode
+    anchors = out["anchors"]
+    matched, label, _ = jax.vmap(lambda b, v: match_anchors(anchors, b, v, positive=positive,
+                                                            negative=negative))(boxes, box_valid)
+    pos = (label == POSITIVE).astype(jnp.float32)
+    num = jnp.maximum(jnp.sum(pos, 1), 1.0)
+    c = out["logits"].shape[-1]
+    cls_t = jax.nn.one_hot(jnp.take_along_axis(box_classes, matched, 1), c) * pos[..., None]
+    care = (label >= 0).astype(jnp.float32)[..., None]
+    cls = jnp.sum(care * sigmoid_focal_loss(out["logits"], cls_t, alpha=alpha, gamma=gamma), (1, 2))
+    target = jnp.take_along_axis(boxes.astype(jnp.float32), matched[..., None], 1)
+    if box_loss == "giou":
+        per = giou_loss(decode(out["deltas"], anchors), target)
+    elif box_loss == "smooth_l1":
+        per = jnp.sum(smooth_l1(out["deltas"] - encode(target, anchors), beta), -1)
+    else:
+        raise ValueError(f"box_loss={box_loss!r} must be 'smooth_l1' or 'giou'.")
+    return {"cls": cls / num, "box": jnp.sum(pos * per, 1) / num}
+
+
+def faster_rcnn_loss(out: dict, boxes: jax.Array, box_valid: jax.Array, keys: jax.Array, *,
+                     rpn_batch: int = 256, rpn_positive_fraction: float = 0.5,
+                     rpn_positive: float = 0.7, rpn_negative: float = 0.3,
+                     beta: float = 1.0 / 9) -> dict[str, jax.Array]:
+    """The two-stage detector's four losses per image (N,), as torchvision's Faster R-CNN:
+    ``rpn_cls`` (binary cross-entropy) and ``rpn_box`` (smooth L1 on the offsets of the positive
+    anchors), both over ``rpn_batch`` anchors sampled per image (``keys`` (N,) one each) with up
+    to ``rpn_positive_fraction`` positive (IoU >= ``rpn_positive``; < ``rpn_negative``
+    negative; every object's best anchor positive) and divided by the sampled count;
+    ``roi_cls`` (cross-entropy over the sampled RoIs, background included) and ``roi_box``
+    (smooth L1 on the matched class's offsets of the foreground RoIs), divided by the sampled
+    RoI count. ``out`` as ``FasterRCNN`` returns it in training."""
+    from jaxvision.ops.anchors import POSITIVE, match_anchors
+    from jaxvision.ops.boxes import encode
+    from jaxvision.ops.targets import sample_balanced
+    anchors = out["anchors"]
+
+    def rpn_one(key, b, v):
+        matched, label, _ = match_anchors(anchors, b, v, positive=rpn_positive, negative=rpn_negative)
+        return matched, label, sample_balanced(label, key, rpn_batch, rpn_positive_fraction)
+
+    matched, label, sampled = jax.vmap(rpn_one)(keys, boxes, box_valid)
+    w = sampled.astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(w, 1), 1.0)
+    pos = w * (label == POSITIVE)
+    bce = optax.sigmoid_binary_cross_entropy(out["rpn_logits"].astype(jnp.float32), pos)
+    target = encode(jnp.take_along_axis(boxes.astype(jnp.float32), matched[..., None], 1), anchors)
+    rpn_box = jnp.sum(pos * jnp.sum(smooth_l1(out["rpn_deltas"] - target, beta), -1), 1)
+    labels = out["roi_labels"]
+    used = (labels >= 0).astype(jnp.float32)
+    rois = jnp.maximum(jnp.sum(used, 1), 1.0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(out["roi_logits"].astype(jnp.float32),
+                                                          jnp.maximum(labels, 0))
+    fg = (labels > 0).astype(jnp.float32)
+    cls_idx = jnp.maximum(labels - 1, 0)
+    deltas = jnp.take_along_axis(out["roi_deltas"], cls_idx[..., None, None], 2)[:, :, 0]
+    roi_box = jnp.sum(fg * jnp.sum(smooth_l1(deltas - out["roi_targets"], beta), -1), 1)
+    return {"rpn_cls": jnp.sum(w * bce, 1) / count, "rpn_box": rpn_box / count,
+            "roi_cls": jnp.sum(used * ce, 1) / rois, "roi_box": roi_box / rois}

@@ -1,4 +1,5 @@
-"""Pictures a person looks at: example grids, training curves, confusion matrices, bar charts.
+"""Pictures a person looks at: example grids, detections, training curves, confusion matrices,
+bar charts, precision / recall curves.
 
 Every function writes one PNG and returns its path. Figures are built with
 ``matplotlib.figure.Figure`` and rendered by ``FigureCanvasAgg`` directly, never through
@@ -74,6 +75,17 @@ def _instance_colour(k: int) -> np.ndarray:
     return _palette(k - 1)
 
 
+def _palette_rgb255(index: int) -> tuple[int, int, int]:
+    """``_palette(index)`` as a PIL colour (three ints in [0, 255])."""
+    r, g, b = (int(c * 255) for c in _palette(index))
+    return r, g, b
+
+
+def _short_name(names: Sequence[str], index: int) -> str:
+    """``names[index]``, or the id itself when ``names`` does not cover it."""
+    return str(names[index]) if 0 <= index < len(names) else str(index)
+
+
 def _is_number(value: Any) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return False
@@ -107,6 +119,18 @@ def image_for_display(image: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def _resized(image: np.ndarray, size: tuple[int, int]):
+    """``image`` (H, W, C) as an RGB ``PIL.Image`` of ``size`` = (width, height): enlarged with
+    nearest neighbours (pixels stay crisp squares), shrunk bilinearly."""
+    from PIL import Image
+    rgb = (image_for_display(image) * 255).round().astype(np.uint8)
+    h, w = rgb.shape[:2]
+    pic = Image.fromarray(rgb)
+    if size == (w, h):
+        return pic
+    return pic.resize(size, Image.NEAREST if size[0] >= w and size[1] >= h else Image.BILINEAR)
+
+
 def top_k_panel(image: np.ndarray, names: Sequence[str], values: Sequence[float], *,
                 title: str = "") -> np.ndarray:
     """The image beside a bar chart of ``values`` in [0, 1] (e.g. the top-5 probabilities,
@@ -115,12 +139,10 @@ def top_k_panel(image: np.ndarray, names: Sequence[str], values: Sequence[float]
     Drawn with PIL, not matplotlib: ``predict`` makes one per input image (~1 ms, not ~150)."""
     from PIL import Image, ImageDraw, ImageFont
     canvas = Image.new("RGB", (640, 260), "white")
-    rgb = (image_for_display(image) * 255).round().astype(np.uint8)
-    h, w = rgb.shape[:2]
+    h, w = np.shape(image)[:2]
     scale = 230 / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = max(h, w) < 230   # blow small images up without blurring their pixels
-    pic = Image.fromarray(rgb).resize(size, Image.NEAREST if small else Image.BILINEAR)
+    pic = _resized(image, size)
     canvas.paste(pic, (10 + (230 - size[0]) // 2, 25 + (230 - size[1]) // 2))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=14)
@@ -129,7 +151,7 @@ def top_k_panel(image: np.ndarray, names: Sequence[str], values: Sequence[float]
     x0, bar_w = 430, 150
     for i, (name, v) in enumerate(zip(names, values)):
         y = 30 + i * 44
-        colour = tuple(int(c * 255) for c in _palette(i))
+        colour = _palette_rgb255(i)
         draw.text((x0 - 8, y + 6), str(name)[:22], fill="black", font=font, anchor="ra")
         draw.rectangle((x0, y, x0 + bar_w, y + 28), outline=(200, 200, 200))
         draw.rectangle((x0, y, x0 + round(bar_w * min(max(float(v), 0.0), 1.0)), y + 28),
@@ -138,23 +160,38 @@ def top_k_panel(image: np.ndarray, names: Sequence[str], values: Sequence[float]
     return np.asarray(canvas)
 
 
-def image_strip(images: Sequence[np.ndarray], captions: Sequence[str], *, size: int = 112
-                ) -> np.ndarray:
-    """The ``images`` side by side, each fitted in a ``size`` x ``size`` cell with its caption
-    below (e.g. a query and its nearest gallery images); returns an (H, W, 3) uint8 picture."""
+def image_strip(images: Sequence[np.ndarray], captions: Sequence[str] = (), *,
+                size: int | None = 112, columns: int | None = None) -> np.ndarray:
+    """The ``images`` side by side (e.g. a query and its nearest gallery images), ``columns`` per
+    row (default: all in one row); returns an (H, W, 3) uint8 picture on white.
+
+    Each image is fitted in a ``size`` x ``size`` cell, or with ``size=None`` pasted unscaled in
+    a cell as large as the largest image (smaller ones are padded), centred. Cells are 6 px
+    apart with a 6 px border left and right and 3 px above and below each row; a row with
+    ``captions`` (one per image, may be shorter) has 20 px more below the images for them.
+    """
     from PIL import Image, ImageDraw, ImageFont
     font = ImageFont.load_default(size=12)
-    canvas = Image.new("RGB", (len(images) * (size + 6) + 6, size + 26), "white")
+    n = len(images)
+    cols = max(1, min(columns or n, n))
+    rows = math.ceil(n / cols)
+    shapes = [np.shape(img)[:2] for img in images]
+    if size is None:
+        cell_w, cell_h = max((w for _, w in shapes), default=1), max((h for h, _ in shapes), default=1)
+    else:
+        cell_w = cell_h = size
+    row_h = cell_h + (26 if len(captions) else 6)
+    canvas = Image.new("RGB", (cols * (cell_w + 6) + 6, rows * row_h), "white")
     draw = ImageDraw.Draw(canvas)
-    for k, (img, cap) in enumerate(zip(images, captions)):
-        rgb = (image_for_display(img) * 255).round().astype(np.uint8)
-        h, w = rgb.shape[:2]
-        scale = size / max(h, w)
-        fit = (max(1, round(w * scale)), max(1, round(h * scale)))
-        pic = Image.fromarray(rgb).resize(fit, Image.NEAREST if max(h, w) < size else Image.BILINEAR)
-        x0 = 6 + k * (size + 6)
-        canvas.paste(pic, (x0 + (size - fit[0]) // 2, 3 + (size - fit[1]) // 2))
-        draw.text((x0, size + 8), str(cap)[:18], fill="black", font=font)
+    for k, (img, (h, w)) in enumerate(zip(images, shapes)):
+        if size is not None:
+            scale = size / max(h, w)
+            h, w = max(1, round(h * scale)), max(1, round(w * scale))
+        x0, y0 = 6 + (k % cols) * (cell_w + 6), (k // cols) * row_h
+        canvas.paste(_resized(img, (w, h)), (x0 + (cell_w - w) // 2, y0 + 3 + (cell_h - h) // 2))
+        if k < len(captions):
+            draw.text((x0, y0 + cell_h + 8), str(captions[k])[: max(18, cell_w // 7)],
+                      fill="black", font=font)
     return np.asarray(canvas)
 
 
@@ -264,9 +301,8 @@ def _draw_boxes(ax, ex: Mapping[str, Any], box_names: Sequence[str]) -> None:
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
                                edgecolor=colour, linewidth=1.5))
         if classes is not None and i < len(classes):
-            cls = int(classes[i])
-            text = box_names[cls] if 0 <= cls < len(box_names) else str(cls)
-            ax.text(x0 - 0.5, y0 - 0.5, text, fontsize=7, color="white", va="bottom", ha="left", clip_on=True,
+            ax.text(x0 - 0.5, y0 - 0.5, _short_name(box_names, int(classes[i])), fontsize=7,
+                    color="white", va="bottom", ha="left", clip_on=True,
                     bbox=dict(facecolor=colour, edgecolor="none", pad=0.5, alpha=0.85))
 
 
@@ -692,3 +728,215 @@ def plot_roc(fpr: np.ndarray, tpr: np.ndarray, out_path: str, *, title: str = ""
     if title:
         lin.set_title(title, fontsize=9)
     return _save(fig, out_path, dpi)
+
+
+# --------------------------------------------------------------------------------------------
+# Detections
+# --------------------------------------------------------------------------------------------
+
+GT_RGB = (255, 255, 255)  # ground-truth boxes: dashed white; predictions: solid class colour
+_DETECTION_SHORT_SIDE = 256
+
+
+def _pixel_boxes(boxes: np.ndarray | None, scale: float, width: int, height: int
+                 ) -> list[tuple[int, tuple[int, int, int, int]]]:
+    """``(index, (x0, y0, x1, y1))`` for each ``[y0, x0, y1, x1]`` box of ``boxes`` (N, 4),
+    scaled and clipped to a ``width`` x ``height`` picture as inclusive PIL pixel corners; boxes
+    that are non-finite or fall outside the picture after clipping are left out."""
+    out: list[tuple[int, tuple[int, int, int, int]]] = []
+    if boxes is None:
+        return out
+    for i, (y0, x0, y1, x1) in enumerate(np.asarray(boxes, np.float64).reshape(-1, 4) * scale):
+        if not np.all(np.isfinite((y0, x0, y1, x1))):
+            continue
+        # A box covers pixels [x0, x1) x [y0, y1): its last pixel column is x1 - 1.
+        a, b = max(round(x0), 0), min(round(x1) - 1, width - 1)
+        c, d = max(round(y0), 0), min(round(y1) - 1, height - 1)
+        if a <= b and c <= d:
+            out.append((i, (a, c, b, d)))
+    return out
+
+
+def _dashed_rectangle(draw, xy: tuple[int, int, int, int], colour, width: int,
+                      dash: int = 6, gap: int = 4) -> None:
+    """Draws the outline of the inclusive box ``xy`` = (x0, y0, x1, y1) as ``width``-px dashes
+    (inside the box, as ``ImageDraw.rectangle`` does); each dash starts from a corner."""
+    x0, y0, x1, y1 = xy
+    wx, wy = min(width, x1 - x0 + 1), min(width, y1 - y0 + 1)
+    for x in range(x0, x1 + 1, dash + gap):
+        end = min(x + dash - 1, x1)
+        draw.rectangle((x, y0, end, y0 + wy - 1), fill=colour)
+        draw.rectangle((x, y1 - wy + 1, end, y1), fill=colour)
+    for y in range(y0, y1 + 1, dash + gap):
+        end = min(y + dash - 1, y1)
+        draw.rectangle((x0, y, x0 + wx - 1, end), fill=colour)
+        draw.rectangle((x1 - wx + 1, y, x1, end), fill=colour)
+
+
+def _box_label(draw, font, text: str, xy: tuple[int, int, int, int], fill, size: tuple[int, int],
+               *, below: bool = False) -> None:
+    """Writes ``text`` on a ``fill`` tag just above the box ``xy`` (or just below it), moved
+    inside the box where the picture of ``size`` = (width, height) has no room."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    tw, th = right - left + 4, bottom - top + 2
+    x0, y0, x1, y1 = xy
+    if below:
+        y = y1 + 1 if y1 + 1 + th <= size[1] else max(y1 - th + 1, 0)
+    else:
+        y = y0 - th if y0 - th >= 0 else min(y0, max(size[1] - th, 0))
+    x = max(min(x0, size[0] - tw), 0)
+    light = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2] > 140
+    draw.rectangle((x, y, x + tw - 1, y + th - 1), fill=fill)
+    draw.text((x + 2 - left, y + 1 - top), text, fill="black" if light else "white", font=font)
+
+
+def draw_detections(image: np.ndarray, boxes: np.ndarray | None, classes: np.ndarray | None,
+                    scores: np.ndarray | None, class_names: Sequence[str], *,
+                    gt_boxes: np.ndarray | None = None, gt_classes: np.ndarray | None = None,
+                    min_score: float = 0.0, scale: float | None = None) -> np.ndarray:
+    """The ``image`` (H, W, C), C in {1, 3} (or (H, W)), with its detections and ground truth;
+    returns an (H', W', 3) uint8 picture, H' = round(H * scale), W' = round(W * scale).
+
+    ``scale`` defaults to the smallest integer that makes the short side >= 256 px (1 for larger
+    images); the image is enlarged with nearest neighbours so its pixels stay visible. Boxes are
+    ``[y0, x0, y1, x1]`` in pixels of ``image`` ((N, 4), N may be 0; ``None`` = none), ``classes``
+    (N,) index ``class_names``. Detections with ``scores`` (N,) >= ``min_score`` (all of them when
+    ``scores`` is None) are solid 2-px rectangles in their class colour (``_palette``, as in the
+    other plots) tagged "name 0.87" above; ``gt_boxes`` (M, 4) with ``gt_classes`` (M,) are drawn
+    on top as dashed white rectangles (``GT_RGB``) tagged with the class name below. Boxes are
+    clipped to the image; non-finite ones are skipped.
+    """
+    from PIL import ImageDraw, ImageFont
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"draw_detections: image has shape {image.shape}; expected (H, W, C) "
+                         "with C in {1, 3}.")
+    h, w = image.shape[:2]
+    if scale is None:
+        scale = max(1, math.ceil(_DETECTION_SHORT_SIDE / max(min(h, w), 1)))
+    if not scale > 0:
+        raise ValueError(f"draw_detections: scale={scale}; expected a positive number.")
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    canvas = _resized(image, size)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=11)
+
+    def _column(values: np.ndarray | None, n: int, what: str) -> np.ndarray | None:
+        if values is None:
+            return None
+        values = np.asarray(values).reshape(-1)
+        if len(values) != n:
+            raise ValueError(f"draw_detections: {len(values)} {what} for {n} boxes; expected one "
+                             "per box.")
+        return values
+
+    n = 0 if boxes is None else len(np.asarray(boxes).reshape(-1, 4))
+    classes = _column(classes, n, "classes")
+    scores = _column(scores, n, "scores")
+    for i, xy in _pixel_boxes(boxes, scale, *size):
+        if scores is not None and not scores[i] >= min_score:
+            continue
+        cls = int(classes[i]) if classes is not None else 0
+        colour = _palette_rgb255(cls)
+        draw.rectangle(xy, outline=colour, width=2)
+        text = _short_name(class_names, cls) if classes is not None else ""
+        if scores is not None:
+            text = f"{text} {float(scores[i]):.2f}".strip()
+        if text:
+            _box_label(draw, font, text, xy, colour, size)
+
+    m = 0 if gt_boxes is None else len(np.asarray(gt_boxes).reshape(-1, 4))
+    gt_classes = _column(gt_classes, m, "gt_classes")
+    for i, xy in _pixel_boxes(gt_boxes, scale, *size):
+        _dashed_rectangle(draw, xy, GT_RGB, width=2)
+        if gt_classes is not None:
+            _box_label(draw, font, _short_name(class_names, int(gt_classes[i])), xy, GT_RGB, size,
+                       below=True)
+    return np.asarray(canvas)
+
+
+def detection_grid(panels: Sequence[np.ndarray], path: str | os.PathLike, *, columns: int = 4,
+                   title: str | None = None) -> str:
+    """Saves ``panels`` (e.g. ``draw_detections`` pictures, of any sizes) as one PNG grid of
+    ``columns`` per row and returns ``path``.
+
+    The layout is ``image_strip(panels, size=None, columns=columns)``: cells as large as the
+    largest panel, smaller ones padded with white; a ``title`` adds a 24 px band on top.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+    if len(panels) == 0:
+        raise ValueError("detection_grid: `panels` is empty; pass at least one picture "
+                         "(e.g. from draw_detections).")
+    if columns < 1:
+        raise ValueError(f"detection_grid: columns={columns}; expected >= 1.")
+    grid = Image.fromarray(image_strip(panels, size=None, columns=columns))
+    if title:
+        titled = Image.new("RGB", (grid.width, grid.height + 24), "white")
+        titled.paste(grid, (0, 24))
+        ImageDraw.Draw(titled).text((6, 5), str(title), fill="black",
+                                    font=ImageFont.load_default(size=14))
+        grid = titled
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    grid.save(path, format="PNG")
+    return path
+
+
+def plot_pr_curves(precision: np.ndarray, path: str | os.PathLike, *, class_names: Sequence[str],
+                   recall: np.ndarray | None = None, title: str = "precision / recall at IoU 0.5",
+                   dpi: int = 100) -> str:
+    """Saves one precision / recall curve per class and returns ``path``.
+
+    ``precision`` (C, R) holds the precision at ``recall`` (R,) (default ``np.linspace(0, 1, R)``,
+    COCO's 101 points when R = 101), e.g. one IoU / area / max-detections slice of COCO's
+    precision array; -1 marks "no value". Rows that are all -1 (classes without ground truth)
+    are left out (the legend says how many); each other row is one line in its class colour,
+    labelled "name (AP 0.83)" with AP the mean of its entries > -1, legend sorted by AP; the
+    title ends with the mean AP of the plotted classes. Raises ``ValueError`` for a wrong shape or when no row has a value.
+    """
+    precision = np.asarray(precision, np.float64)
+    if precision.ndim != 2:
+        raise ValueError(f"plot_pr_curves: precision has shape {precision.shape}; expected "
+                         "(C, R): one row of precisions per class.")
+    c, r = precision.shape
+    if len(class_names) != c:
+        raise ValueError(f"plot_pr_curves: {len(class_names)} class_names for {c} classes; pass "
+                         "one name per row of precision.")
+    recall = np.linspace(0.0, 1.0, r) if recall is None else np.asarray(recall, np.float64)
+    if recall.shape != (r,):
+        raise ValueError(f"plot_pr_curves: recall has shape {recall.shape}; expected ({r},), "
+                         "one recall per column of precision.")
+    curves = []
+    for k in range(c):
+        valid = precision[k] > -1
+        if valid.any():
+            ap = float(precision[k][valid].mean())
+            curves.append((ap, k, np.where(valid, precision[k], np.nan)))
+    if not curves:
+        raise ValueError("plot_pr_curves: every row of precision is -1 (no class has ground "
+                         "truth); nothing to plot.")
+    curves.sort(key=lambda t: (-t[0], t[1]))
+    ncol = math.ceil(len(curves) / 25)
+    fig = _new_figure(4.6 + 1.6 * ncol, 4.0)
+    ax = fig.subplots()
+    for ap, k, row in curves:
+        ax.plot(recall, row, color=_palette(k), linestyle=("-", "--", ":", "-.")[(k // 20) % 4],
+                linewidth=1.2, label=f"{_short_name(class_names, k)} (AP {ap:.2f})")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("recall", fontsize=8)
+    ax.set_ylabel("precision", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, alpha=0.3)
+    mean_ap = float(np.mean([ap for ap, _, _ in curves]))
+    ax.set_title(f"{title}: mAP {mean_ap:.3f}" if title else f"mAP {mean_ap:.3f}", fontsize=9)
+    skipped = c - len(curves)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=6, frameon=False,
+              borderaxespad=0.0, ncol=ncol,
+              title=f"{skipped} without ground truth not shown" if skipped else None,
+              title_fontsize=6)
+    return _save(fig, path, dpi)

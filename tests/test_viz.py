@@ -322,3 +322,95 @@ def test_plot_bars_png_and_errors(tmp_path):
         viz.plot_bars(["a", "b"], [1, 2, 3], str(tmp_path / "x.png"))
     with pytest.raises(ValueError, match="1 errors for 2 values"):
         viz.plot_bars(["a", "b"], [1, 2], str(tmp_path / "x.png"), errors=[0.1])
+
+
+# ------------------------------------------------------------------------------ detections
+
+NAMES = ("background", "cat", "dog", "car")
+
+
+def _rgb(cls: int) -> tuple[int, int, int]:
+    return viz._palette_rgb255(cls)
+
+
+def test_draw_detections_colours_at_scaled_pixels():
+    image = np.zeros((32, 48, 3), np.uint8)  # short side 32 -> scale 8
+    boxes = np.array([[4, 8, 20, 30], [24, 2, 30, 10]], np.float32)
+    out = viz.draw_detections(image, boxes, np.array([1, 2]), np.array([0.9, 0.2]), NAMES,
+                              gt_boxes=np.array([[10, 20, 28, 44]]), gt_classes=np.array([3]),
+                              min_score=0.5)
+    assert out.shape == (256, 384, 3) and out.dtype == np.uint8
+    # Detection of class 1: solid 2-px edges inside the box, in its class colour.
+    assert tuple(out[8 * 12, 8 * 8]) == tuple(out[8 * 12, 8 * 8 + 1]) == _rgb(1)  # left edge
+    assert tuple(out[8 * 20 - 1, 8 * 15]) == _rgb(1)  # bottom edge: last row of the box
+    assert tuple(out[8 * 12, 8 * 8 + 2]) == (0, 0, 0)  # not filled
+    # Ground truth: dashed white, starting at each corner, over the detection.
+    assert tuple(out[8 * 10, 8 * 20]) == tuple(out[8 * 28 - 1, 8 * 44 - 1]) == viz.GT_RGB
+    top = out[8 * 10, 8 * 20: 8 * 44]
+    assert 0 < np.all(top == 255, axis=-1).mean() < 1  # dashes and gaps
+    # The low-score detection (class 2) is left out, everywhere.
+    assert not np.any(np.all(out == _rgb(2), axis=-1))
+    # With min_score 0 it is drawn.
+    low = viz.draw_detections(image, boxes, np.array([1, 2]), np.array([0.9, 0.2]), NAMES)
+    assert tuple(low[8 * 27, 8 * 2]) == _rgb(2)
+
+
+def test_draw_detections_empty_no_scores_gray_scale_and_clipping():
+    gray = np.full((20, 30, 1), 50, np.uint8)
+    empty = viz.draw_detections(gray, np.zeros((0, 4)), np.zeros((0,), np.int32),
+                                np.zeros((0,)), NAMES, scale=2)
+    assert empty.shape == (40, 60, 3)
+    np.testing.assert_array_equal(empty, 50)  # gray became RGB, nothing drawn
+    # Ground truth only (scores and detections None), partly outside the image.
+    gt = viz.draw_detections(gray, None, None, None, NAMES, gt_boxes=np.array([[-5, 20, 12, 40.0]]),
+                             gt_classes=np.array([1]), scale=2)
+    assert tuple(gt[0, 40]) == viz.GT_RGB and tuple(gt[5, 59]) == viz.GT_RGB  # clipped edges
+    # Boxes without scores: all drawn, labelled by class name only; a 2-D image works too.
+    plain = viz.draw_detections(gray[..., 0], np.array([[2, 2, 10, 10]]), np.array([2]), None,
+                                NAMES)
+    assert plain.shape == (260, 390, 3)  # the short side 20 -> ceil(256 / 20) = 13 px per pixel
+    assert tuple(plain[13 * 6, 13 * 2]) == _rgb(2)
+    with pytest.raises(ValueError, match="1 scores for 2 boxes"):
+        viz.draw_detections(gray, np.zeros((2, 4)), np.zeros(2), np.zeros(1), NAMES)
+
+
+def test_detection_grid_pads_to_the_largest_panel(tmp_path):
+    panels = [np.full((40, 60, 3), 90, np.uint8), np.full((50, 30, 3), 160, np.uint8),
+              np.full((20, 20, 3), 220, np.uint8)]
+    out = viz.detection_grid(panels, str(tmp_path / "sub" / "grid.png"), columns=2)
+    arr = _read_png(out)
+    cell_h, cell_w = 50, 60  # the largest height and width
+    assert arr.shape == (2 * (cell_h + 6), 2 * (cell_w + 6) + 6, 3)
+    # The second panel is centred in its cell, the rest of the cell is white padding.
+    x0 = 6 + cell_w + 6
+    np.testing.assert_array_equal(arr[3:3 + 50, x0 + 15: x0 + 45], 160)
+    np.testing.assert_array_equal(arr[3:3 + 50, x0: x0 + 15], 255)
+    titled = _read_png(viz.detection_grid(panels, str(tmp_path / "t.png"), columns=4, title="val"))
+    assert titled.shape == (24 + cell_h + 6, 3 * (cell_w + 6) + 6, 3)  # 4 columns, 3 panels
+    with pytest.raises(ValueError, match="empty"):
+        viz.detection_grid([], str(tmp_path / "x.png"))
+
+
+def test_image_strip_default_layout_unchanged():
+    strip = viz.image_strip([np.zeros((10, 20, 3), np.uint8)] * 3, ["q", "a", "b"])
+    assert strip.shape == (112 + 26, 3 * (112 + 6) + 6, 3)
+
+
+def test_plot_pr_curves_skips_classes_without_ground_truth(tmp_path, monkeypatch):
+    recall = np.linspace(0, 1, 101)
+    precision = np.stack([1 - recall ** 2, np.full(101, -1.0), 1 - recall, np.full(101, 0.6)])
+    figures = []
+    save = viz._save
+    monkeypatch.setattr(viz, "_save", lambda fig, *a: figures.append(fig) or save(fig, *a))
+    out = viz.plot_pr_curves(precision, str(tmp_path / "pr.png"), class_names=NAMES)
+    _read_png(out)
+    (ax,) = figures[0].axes
+    labels = [line.get_label() for line in ax.get_lines()]
+    ap = [precision[k].mean() for k in (0, 2, 3)]
+    assert labels == [f"background (AP {ap[0]:.2f})", f"car (AP {ap[2]:.2f})",
+                      f"dog (AP {ap[1]:.2f})"]  # sorted by AP, "cat" (all -1) left out
+    assert "1 without ground truth" in ax.get_legend().get_title().get_text()
+    with pytest.raises(ValueError, match="every row"):
+        viz.plot_pr_curves(-np.ones((2, 101)), str(tmp_path / "x.png"), class_names=["a", "b"])
+    with pytest.raises(ValueError, match="class_names"):
+        viz.plot_pr_curves(precision, str(tmp_path / "x.png"), class_names=["a"])

@@ -322,6 +322,34 @@ class RandomCrop(_Spec):
         return crop(example, top, left, h, w)
 
 
+@register("random_scale")
+@dataclasses.dataclass(frozen=True)
+class RandomScale(_Spec):
+    """Scale jitter for detection: resizes by a factor drawn uniformly from ``scale``, then cuts
+    a uniformly random ``size`` window, padding where the scaled image is smaller (zooming out
+    leaves a border of fill values). Boxes follow; those cut below 1 px are dropped."""
+
+    size: int | tuple[int, int]
+    scale: tuple[float, float] = (0.75, 1.25)
+
+    def __post_init__(self):
+        super().__post_init__()
+        v = tuple(float(x) for x in self.scale)
+        if len(v) != 2 or not 0 < v[0] <= v[1]:
+            raise ValueError(f"random_scale: scale must be (min, max) with 0 < min <= max; got "
+                             f"{self.scale!r}.")
+        object.__setattr__(self, "scale", v)
+
+    def __call__(self, example: Example, rng: np.random.Generator) -> Example:
+        (h, w), (hi, wi) = self.size, _hw(example)
+        f = rng.uniform(*self.scale)
+        sh, sw = max(1, int(round(hi * f))), max(1, int(round(wi * f)))
+        example = resize(example, sh, sw)
+        top = int(rng.integers(min(0, sh - h), max(0, sh - h) + 1))
+        left = int(rng.integers(min(0, sw - w), max(0, sw - w) + 1))
+        return crop(example, top, left, h, w)
+
+
 @register("center_crop")
 @dataclasses.dataclass(frozen=True)
 class CenterCrop(_Spec):

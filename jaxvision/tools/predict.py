@@ -180,6 +180,9 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
                     line["error"] = error
                 else:
                     out = next(outputs)
+                    # Where outputs are in input pixels (boxes), describe / draw map them back.
+                    out["image_size"] = np.asarray(np.shape(raw["image"])[:2])
+                    out["input_size"] = np.asarray(predictor.model_info.input_shape[:2])
                     describe = exp.describe(config, out, info) if exp.describe else _default_record(out)
                     line.update(describe)
                     picture = None

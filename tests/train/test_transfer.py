@@ -10,16 +10,19 @@ import dataclasses
 import json
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from jaxvision import losses
-from jaxvision.config import ConfigError, get_config, load_module
+from jaxvision.config import ConfigError, apply_override, base_config, get_config, load_module
 from jaxvision.experiment import load_experiment
+from jaxvision.models import build_model
 from jaxvision.train import loop, transfer
 from jaxvision.train import state as state_lib
 from jaxvision.train.checkpoint import Checkpointer
@@ -199,6 +202,162 @@ def test_run_config_rebuilds_the_saved_config(source):
     assert config.model.widths == (4, 8) and config.data.procedural.image_size == 16
     assert config.train.steps == 7
     assert {k: v for k, v in saved["model"].items()} == {"name": "small_cnn", "widths": [4, 8]}
+
+
+# ------------------------------------------------------------------------- transfer.map
+
+
+class Detector(nn.Module):
+    """A detector's layout: a zoo classifier nested as ``backbone`` plus a new ``box`` layer."""
+
+    backbone: nn.Module
+    outputs: int = 4
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        return nn.Dense(self.outputs, name="box")(self.backbone(x, train=train))
+
+
+@pytest.fixture(scope="module")
+def detector(source):
+    """(fresh numpy variables, a fresh state, its optimizer) of a ``Detector`` nesting the
+    source's model (same widths and class count, so every backbone leaf can be copied)."""
+    _, src = source
+    channels = src["params"]["stage1_conv1"]["kernel"].shape[2]
+    model = Detector(build_model("small_cnn", widths=(4, 8), num_classes=6))
+    variables = jax.device_get(model.init(jax.random.key(1), np.zeros((1, 16, 16, channels),
+                                                                      np.float32)))
+    optimizer = optax.sgd(0.1)
+    state = state_lib.create(variables, optimizer, jax.random.key(0), ema=False)
+    return variables, state, optimizer
+
+
+def nested_block(src_dir, path_map, **kw):
+    block = base_config().transfer
+    block.workdir, block.include, block.exclude = str(src_dir), ("^backbone/",), ()
+    block.map = path_map
+    return ml_collections.ConfigDict(block.to_dict() | kw)
+
+
+@pytest.mark.parametrize("override", ["transfer.map=^=backbone/",
+                                      "transfer.map=('^=backbone/',)",
+                                      "transfer.map=(('^', 'backbone/'),)",
+                                      "transfer.map=[['^', 'backbone/']]"])
+def test_map_nests_a_classification_run_under_backbone_params_and_batch_stats(
+        source, detector, override):
+    src_dir, src = source
+    fresh, fresh_state, optimizer = detector
+    config = base_config()
+    apply_override(config, override)  # the command-line forms, as the CLI parses them
+    block = nested_block(src_dir, config.transfer.map)
+    state, note = transfer.transfer_state(block, fresh_state, optimizer)
+    assert "copied 12 of 14 leaves" in note and "transfer.map" in note
+    source_flat, fresh_flat = transfer.flat_paths(src), transfer.flat_paths(fresh)
+    got = transfer.flat_paths(state.variables)
+    assert set(got) == set(fresh_flat)
+    for path, leaf in got.items():
+        collection, rest = path.split("/", 1)
+        if rest.startswith("box/"):  # not in the source: freshly initialized
+            np.testing.assert_array_equal(leaf, fresh_flat[path], err_msg=path)
+        else:  # backbone/<source path>, batch statistics included
+            want = source_flat[f"{collection}/{rest.removeprefix('backbone/')}"]
+            np.testing.assert_array_equal(leaf, want, err_msg=path)
+    assert "batch_stats/backbone/stage1_norm1/mean" in got
+
+
+def test_map_include_exclude_select_in_this_models_space_and_the_reverse_map(source, detector):
+    src_dir, src = source
+    fresh, _, _ = detector
+    merged, copied = transfer.merge_variables(fresh, src, path_map=(("^", "backbone/"),),
+                                              include=("^backbone/",),
+                                              exclude=("^backbone/head/",))
+    assert len(copied) == 10 and not any("head/" in c for c in copied)
+    np.testing.assert_array_equal(merged["params"]["backbone"]["head"]["kernel"],
+                                  fresh["params"]["backbone"]["head"]["kernel"])
+    # The other way: a detector's backbone into a classifier ('pattern=' strips the prefix);
+    # the source's box/ leaves are simply unused.
+    zeros = jax.tree.map(np.zeros_like, src)
+    back, copied = transfer.merge_variables(zeros, merged, path_map="^backbone/=", exclude=())
+    assert len(copied) == 12
+    fresh_flat, src_flat = transfer.flat_paths(fresh), transfer.flat_paths(src)
+    for path, leaf in transfer.flat_paths(back).items():  # the head: the detector's fresh one
+        want = fresh_flat[path.replace("params/", "params/backbone/")] \
+            if path.startswith("params/head/") else src_flat[path]
+        np.testing.assert_array_equal(leaf, want, err_msg=path)
+
+
+def test_map_errors_collisions_patterns_that_map_nothing_and_a_missing_map(source, detector):
+    src_dir, _ = source
+    _, fresh_state, optimizer = detector
+    with pytest.raises(ConfigError, match=r"transfer.map maps several source paths onto one path "
+                       r"this run copies: params/backbone/stage1_conv1/kernel <- "
+                       r"params/stage1_conv1/kernel and params/stage2_conv1/kernel"):
+        transfer.transfer_state(
+            nested_block(src_dir, (("^", "backbone/"), ("^backbone/stage2_", "backbone/stage1_"))),
+            fresh_state, optimizer)
+    with pytest.raises(ConfigError, match=r"transfer.map: pattern '\^stem/' \(-> 'backbone/stem/'\)"
+                       r" matches no path of the source.*Source params: .*stage1_conv1/kernel"):
+        transfer.transfer_state(
+            nested_block(src_dir, ("^=backbone/", "^stem/=backbone/stem/")), fresh_state, optimizer)
+    # No map: the missing paths are named, and the map that fixes them is suggested.
+    with pytest.raises(ValueError, match=r"(?s)not in the source: params/backbone/.*add "
+                                         r"transfer.map=\(\('\^', 'backbone/'\),\)"):
+        transfer.transfer_state(nested_block(src_dir, ()), fresh_state, optimizer)
+
+
+def test_map_collisions_on_unselected_paths_are_fine():
+    target = {"params": {"w": {"kernel": np.zeros(2)}, "x": {"kernel": np.zeros(2)}}}
+    source = {"params": {n: {"kernel": np.full(2, i + 1.0)} for i, n in enumerate("wxz")}}
+    with pytest.raises(ConfigError, match=r"params/x/kernel <- params/x/kernel and "
+                                          r"params/z/kernel.*transfer.exclude"):
+        transfer.merge_variables(target, source, path_map=(("^z/", "x/"),), exclude=())
+    merged, copied = transfer.merge_variables(target, source, path_map=(("^z/", "x/"),),
+                                              exclude=("^x/",))
+    assert copied == ["params/w/kernel"] and np.all(merged["params"]["x"]["kernel"] == 0)
+
+
+@pytest.mark.parametrize("entries, message", [
+    (("^", "backbone/"), r"entry '\^' must be a \(pattern, replacement\) pair.*outer tuple"),
+    ((("^", "a", "b"),), r"must be a \(pattern, replacement\) pair of strings"),
+    (("=backbone/",), r"needs a non-empty pattern"),
+    ((("(", "x"),), r"transfer.map: '\(' is not a valid regular expression"),
+    ((("^(stage)", "\\2"),), r"replacement '\\\\2' of pattern '\^\(stage\)' is invalid"),
+])
+def test_map_entries_that_are_not_pairs_or_strings_are_rejected(entries, message):
+    target = {"params": {"stage": {"kernel": np.zeros(2)}}}
+    with pytest.raises(ConfigError, match=message):
+        transfer.merge_variables(target, target, path_map=entries, exclude=())
+
+
+def test_map_forms_parse_alike():
+    want = [("^stage", "backbone/stage"), ("^head/", "")]
+    for form in ((("^stage", "backbone/stage"), ("^head/", "")),
+                 [["^stage", "backbone/stage"], ["^head/", ""]],
+                 ("^stage=backbone/stage", "^head/=")):
+        assert [(p.pattern, r) for p, r in transfer.parse_map(form)] == want
+    assert [(p.pattern, r) for p, r in transfer.parse_map("a(?=b)=c")] == [("a(?=b)", "c")]
+    assert transfer.parse_map(()) == transfer.parse_map(None) == transfer.parse_map("") == []
+
+
+def test_map_end_to_end_a_run_of_a_nested_model_starts_from_the_classifier(
+        tmp_path, quiet, source):
+    src_dir, src = source
+
+    def nested_model(config, info, *, axis_name=None):
+        return Detector(quiet.build_model(config, info), outputs=info.num_classes)
+
+    config = small()
+    config.transfer.workdir, config.transfer.exclude = str(src_dir), ("^box/",)
+    config.transfer.map = ("^=backbone/",)
+    config.optim.freeze = ("^backbone/",)
+    config.train.steps = 1
+    loop.train(config, tmp_path, experiment=dataclasses.replace(quiet, build_model=nested_model),
+               progress=False)
+    got = transfer.flat_paths(raw_state(tmp_path)["params"])
+    want = transfer.flat_paths(src["params"])
+    assert len(got) == len(want) + 2
+    for path, leaf in want.items():  # copied under backbone/, then frozen: the source's bits
+        np.testing.assert_array_equal(got[f"backbone/{path}"], leaf, err_msg=path)
 
 
 # --------------------------------------------------------------------------- distillation

@@ -1,0 +1,286 @@
+"""Object detection: YOLOv1, CenterNet, RetinaNet and a two-stage Faster R-CNN on zoo backbones.
+
+Every model is trained from ``boxes`` / ``box_classes`` / ``box_valid`` and scored by the COCO
+evaluator (``evals.coco``: AP, AP50, AP75, APs/m/l, AR1/10/100, equal to pycocotools); its
+``predict`` returns fixed-size detections (``jaxvision/models/detection.py``). Named configs
+(``experiments/detection.py:<name>``) are listed in ``CONFIGS`` at the bottom.
+
+``model``: ``name`` (``yolo_v1``, ``centernet``, ``retinanet``, ``faster_rcnn``), ``backbone``
+(a zoo model config: ``name`` and its fields), ``taps`` (the backbone feature maps read),
+``max_detections`` (K per image), ``nms_iou``, ``score_threshold``, and the detector's own
+fields (see its class). ``loss``: the weights and options of the model's loss.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxvision import losses, metrics, models, replica
+from jaxvision.config import base_config
+from jaxvision.data.source import SourceInfo
+from jaxvision.evaluators import eval_config
+from jaxvision.experiment import default_prepare as prepare
+from jaxvision.models import detection as det
+from jaxvision.models import rcnn
+
+DETECTORS = {"yolo_v1": det.YOLOv1, "centernet": det.CenterNet, "retinanet": det.RetinaNet,
+             "faster_rcnn": rcnn.FasterRCNN}
+# model keys read here, not passed to the detector class
+_OWN_KEYS = ("name", "backbone", "max_detections", "nms_iou", "score_threshold", "num_classes",
+             "draw_threshold")
+
+
+def _num_classes(config: Any, info: SourceInfo) -> int:
+    data = info.num_box_classes or config.data.get("num_classes", None)
+    if not data:
+        raise ValueError(f"data '{info.name}' has no object classes (num_box_classes); detection "
+                         "needs 'boxes' and 'box_classes' (data.keys).")
+    want = int(config.model.get("num_classes", 0) or 0)
+    if want and want < data:
+        raise ValueError(f"model.num_classes={want} is below the data's {data} object classes; "
+                         f"box_classes up to {data - 1} would have no output. Set it to 0 (= the data's).")
+    return want or int(data)
+
+
+def build_model(config: Any, info: SourceInfo, *, axis_name: str | None = None):
+    """The detector ``model.name`` on the zoo backbone ``model.backbone``."""
+    del axis_name
+    m = config.model
+    if m.name not in DETECTORS:
+        raise ValueError(f"model.name={m.name!r} is not a detector; detectors: {', '.join(DETECTORS)}.")
+    dtype = jnp.bfloat16 if config.train.mixed_precision else jnp.float32
+    bb = {k: v for k, v in m.backbone.items() if k != "name"}
+    bb.setdefault("num_classes", 1)  # the backbone's classifier head is unused
+    backbone = models.build_model(m.backbone.name, dtype=dtype, **bb)
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in m.items() if k not in _OWN_KEYS}
+    return DETECTORS[m.name](backbone=backbone, num_classes=_num_classes(config, info), dtype=dtype,
+                             **kwargs)
+
+
+def _apply(config: Any, model, variables: dict, batch: dict, key, train: bool):
+    mutable = ([k for k in variables if k != "params"] if train else False) or False
+    kwargs = {}
+    if config.model.name == "faster_rcnn" and (train or key is not None):
+        # The second stage trains on RoIs sampled around the ground truth.
+        kwargs = dict(boxes=batch["boxes"], box_classes=batch["box_classes"],
+                      box_valid=batch["box_valid"])
+    out = model.apply(variables, prepare(config, batch), train=train,
+                      rngs={"dropout": key} if key is not None else None, mutable=mutable, **kwargs)
+    return out if train and mutable else (out, {})
+
+
+def _terms(config: Any, model, out, batch: dict, image_size, key) -> dict[str, jax.Array]:
+    """The model's loss terms per image (N,)."""
+    c, name = config.loss, config.model.name
+    boxes, classes, valid = batch["boxes"], batch["box_classes"], batch["box_valid"]
+    if name == "yolo_v1":
+        t = losses.yolo_v1_loss(out, boxes, classes, valid, image_size, num_boxes=model.num_boxes,
+                                lambda_coord=float(c.lambda_coord), lambda_noobj=float(c.lambda_noobj))
+        return t._asdict()
+    if name == "centernet":
+        stride = image_size[0] / out["heatmap"].shape[1]
+        return losses.centernet_loss(out, boxes, classes, valid, stride,
+                                     size_weight=float(c.size_weight), offset_weight=float(c.offset_weight))
+    if name == "retinanet":
+        return losses.retinanet_loss(out, boxes, classes, valid, alpha=float(c.alpha),
+                                     gamma=float(c.gamma), box_loss=str(c.box_loss))
+    keys = replica.example_keys(jax.random.fold_in(key, 1), boxes.shape[0])
+    return losses.faster_rcnn_loss(out, boxes, valid, keys)
+
+
+def _losses(config, model, variables, batch, key, train):
+    out, new_state = _apply(config, model, variables, batch, key, train)
+    terms = _terms(config, model, out, batch, tuple(batch["image"].shape[1:3]), key)
+    total = sum(terms.values())
+    w = batch["valid"]
+    mets = {"loss": metrics.mean(total, w), **{f"loss_{k}": metrics.mean(v, w) for k, v in terms.items()}}
+    return total, mets, new_state
+
+
+def loss(config: Any, model, variables: dict, batch: dict, key, *, train: bool):
+    """The detector's loss (the sum of its terms, per image) averaged over the valid images;
+    metrics ``loss`` and ``loss_<term>``."""
+    total, mets, new_state = _losses(config, model, variables, batch, key, train)
+    return losses.masked_mean(total, batch["valid"]), mets, new_state
+
+
+def evaluate(config: Any, model, variables: dict, batch: dict):
+    """The loss terms on eval images (the two-stage model samples its RoIs with a fixed key)."""
+    key = jax.random.key(0) if config.model.name == "faster_rcnn" else None
+    return _losses(config, model, variables, batch, key, False)[1]
+
+
+def predict(config: Any, model, variables: dict, batch: dict):
+    """Fixed-size detections per image: ``det_boxes`` (N, K, 4) input pixels, ``det_scores``,
+    ``det_classes``, ``det_valid`` (K = ``model.max_detections``)."""
+    out, _ = _apply(config, model, variables, batch, None, False)
+    m = config.model
+    size = tuple(batch["image"].shape[1:3])
+    common = dict(max_detections=int(m.max_detections), score_threshold=float(m.score_threshold))
+    if m.name == "yolo_v1":
+        return det.decode_yolo_v1(out, size, model.num_boxes, iou_threshold=float(m.nms_iou), **common)
+    if m.name == "centernet":
+        return det.decode_centernet(out, size[0] / out["heatmap"].shape[1], size, **common)
+    if m.name == "retinanet":
+        return det.decode_retinanet(out, size, iou_threshold=float(m.nms_iou), **common)
+    return rcnn.decode_faster_rcnn(out, size, iou_threshold=float(m.nms_iou), **common)
+
+
+def _name(info: SourceInfo, k: int) -> str:
+    return info.class_names[k] if k < len(info.class_names) else str(k)
+
+
+def _to_image(config: Any, outputs: dict) -> tuple[np.ndarray, float, float]:
+    """Valid detection boxes in the pixels of the image as read (``predict`` records its size;
+    the eval pipelines of detection configs only resize)."""
+    boxes = np.asarray(outputs["det_boxes"], np.float64)
+    sy = sx = 1.0
+    if "image_size" in outputs and "input_size" in outputs:
+        (h, w), (ih, iw) = outputs["image_size"], outputs["input_size"]
+        sy, sx = h / ih, w / iw
+    return boxes * np.array([sy, sx, sy, sx]), sy, sx
+
+
+def describe(config: Any, outputs: dict, info: SourceInfo) -> dict:
+    """``predict``'s record of one image: ``detections``, best first, as ``{"class", "index",
+    "score", "box": [y0, x0, y1, x1]}`` in the pixels of the image file."""
+    boxes, _, _ = _to_image(config, outputs)
+    keep = np.flatnonzero(np.asarray(outputs["det_valid"]))
+    return {"detections": [
+        {"class": _name(info, int(outputs["det_classes"][i])), "index": int(outputs["det_classes"][i]),
+         "score": round(float(outputs["det_scores"][i]), 6),
+         "box": [round(float(v), 2) for v in boxes[i]]} for i in keep]}
+
+
+def draw(config: Any, example: dict, outputs: dict, info: SourceInfo) -> np.ndarray:
+    """The image with its detections (score >= ``model.draw_threshold``, default 0.3)."""
+    from jaxvision import viz
+    boxes, _, _ = _to_image(config, outputs)
+    keep = np.asarray(outputs["det_valid"], bool)
+    return viz.draw_detections(example["image"], boxes[keep], np.asarray(outputs["det_classes"])[keep],
+                               np.asarray(outputs["det_scores"])[keep], info.class_names,
+                               min_score=float(config.model.get("draw_threshold", 0.3)))
+
+
+def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
+    """Saves ``pr_curves.png`` (precision / recall per class at IoU 0.5), ``per_class_ap.json``
+    and ``detections.png`` (predictions over eval images, ground truth dashed white)."""
+    from jaxvision import viz
+    workdir = Path(workdir)
+    names = [_name(info, k) for k in range(len(np.asarray(results.get("AP_per_class", []))))]
+    if results.get("pr_curve50") is not None and (np.asarray(results["pr_curve50"]) > -1).any():
+        viz.plot_pr_curves(np.asarray(results["pr_curve50"]), str(workdir / "pr_curves.png"),
+                           class_names=names)
+    if results.get("AP_per_class") is not None:
+        rows = [{"class": n, "AP": float(a)} for n, a in zip(names, np.asarray(results["AP_per_class"]))]
+        (workdir / "per_class_ap.json").write_text(json.dumps(rows, indent=2))
+    _picture(config, workdir, info)
+
+
+def _picture(config: Any, workdir: Path, info: SourceInfo, count: int = 8) -> None:
+    """Draws the first ``count`` eval images with the run's detections and their ground truth."""
+    from jaxvision import viz
+    from jaxvision.data.pipeline import make_loader
+    from jaxvision.inference import load_predictor
+    predictor = load_predictor(workdir, None, config=config)
+    loader = make_loader(config.data, str(config.data.eval_split), global_batch=count, mode="eval", seed=0)
+    batch = next(iter(loader))
+    n = int(np.sum(batch["valid"]))
+    examples = [{k: batch[k][i] for k in ("image",)} for i in range(n)]
+    outs = predictor(examples)
+    panels = []
+    for i, out in enumerate(outs):
+        keep = np.asarray(out["det_valid"], bool)
+        gv = batch["box_valid"][i]
+        panels.append(viz.draw_detections(
+            batch["image"][i], np.asarray(out["det_boxes"])[keep], np.asarray(out["det_classes"])[keep],
+            np.asarray(out["det_scores"])[keep], info.class_names, gt_boxes=batch["boxes"][i][gv],
+            gt_classes=batch["box_classes"][i][gv], min_score=float(config.model.get("draw_threshold", 0.3))))
+    viz.detection_grid(panels, str(workdir / "detections.png"), columns=4,
+                       title=f"{config.model.name}: detections (score >= "
+                             f"{float(config.model.get('draw_threshold', 0.3)):g}), ground truth dashed")
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def _loss_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        lambda_coord=5.0, lambda_noobj=0.5,          # YOLOv1
+        size_weight=0.1, offset_weight=1.0,          # CenterNet
+        alpha=0.25, gamma=2.0, box_loss="smooth_l1",  # RetinaNet
+    ))
+
+
+def _base(name: str, taps: tuple[str, ...], **fields: Any) -> ml_collections.ConfigDict:
+    """Procedural scenes at their defaults (64 px, 1-4 objects, 6 classes) with scale jitter and
+    flips; a 4-stage ``small_cnn`` (strides 1, 2, 4, 8) as backbone; COCO evaluation."""
+    config = base_config()
+    config.data.keys = ("image", "boxes", "box_classes")
+    config.data.max_boxes = 8
+    config.data.procedural.num_eval = 500
+    config.data.train_pp = "random_scale(64, scale=(0.75, 1.25))|flip_lr"
+    config.data.input_shape = (64, 64, 3)
+    config.data.num_classes = 6
+    config.model = ml_collections.ConfigDict(dict(
+        name=name, backbone=dict(name="small_cnn", widths=(32, 64, 128, 128), norm="batch"),
+        taps=taps, max_detections=100, nms_iou=0.5, score_threshold=0.01, draw_threshold=0.3,
+        **fields))
+    config.loss = _loss_config()
+    config.optim.name = "adam"
+    config.optim.lr = 2e-3
+    config.optim.schedule = "cosine"
+    config.optim.warmup_steps = 100
+    config.optim.grad_clip_norm = 10.0
+    config.train.batch_size = 32
+    config.train.eval_batch_size = 100
+    config.train.steps = 3000
+    config.train.eval_every = 1000
+    config.train.checkpoint_every = 500
+    config.train.log_every = 100
+    config.train.best_metric = "AP"
+    config.evals = ml_collections.ConfigDict({"coco": eval_config("coco"), "eval": eval_config("metrics")})
+    return config
+
+
+def yolo_synthetic() -> ml_collections.ConfigDict:
+    """YOLOv1 (8 x 8 grid, 2 boxes per cell) on the procedural scenes."""
+    return _base("yolo_v1", ("stage4",), grid=8, num_boxes=2, hidden=512, dropout=0.5)
+
+
+def centernet_synthetic() -> ml_collections.ConfigDict:
+    """CenterNet at output stride 4 (16 x 16 heat maps) on the procedural scenes."""
+    return _base("centernet", ("stage3", "stage4"), width=64, head_width=64)
+
+
+def retinanet_synthetic() -> ml_collections.ConfigDict:
+    """RetinaNet, FPN strides 4 and 8, 9 anchors per cell (12-38 px), focal + smooth L1."""
+    return _base("retinanet", ("stage3", "stage4"), width=64, head_depth=2, anchor_scale=3.0)
+
+
+def twostage_synthetic() -> ml_collections.ConfigDict:
+    """Faster R-CNN with an FPN (strides 4 and 8; boxes near 16 px pool from stride 8), RoIAlign 7 x 7."""
+    return _base("faster_rcnn", ("stage3", "stage4"), fpn=True, width=64, anchor_scale=3.0,
+                 canonical_size=16.0, canonical_level=3, pre_nms=300, post_nms_train=64,
+                 post_nms_test=32, roi_batch=32)
+
+
+def default() -> ml_collections.ConfigDict:
+    """The best model on the procedural scenes (benchmarks/NOTES.md, "Detection")."""
+    return centernet_synthetic()
+
+
+CONFIGS = {
+    "default": default,
+    "yolo_synthetic": yolo_synthetic,
+    "centernet_synthetic": centernet_synthetic,
+    "retinanet_synthetic": retinanet_synthetic,
+    "twostage_synthetic": twostage_synthetic,
+}

@@ -34,7 +34,7 @@ DETECTORS = {"yolo_v1": det.YOLOv1, "centernet": det.CenterNet, "retinanet": det
              "faster_rcnn": rcnn.FasterRCNN}
 # model keys read here, not passed to the detector class
 _OWN_KEYS = ("name", "backbone", "max_detections", "nms_iou", "score_threshold", "num_classes",
-             "draw_threshold")
+             "draw_threshold", "report_pictures")
 
 
 def _num_classes(config: Any, info: SourceInfo) -> int:
@@ -171,7 +171,8 @@ def draw(config: Any, example: dict, outputs: dict, info: SourceInfo) -> np.ndar
 
 def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
     """Saves ``pr_curves.png`` (precision / recall per class at IoU 0.5), ``per_class_ap.json``
-    and ``detections.png`` (predictions over eval images, ground truth dashed white)."""
+    and ``detections.png`` (predictions over the first ``model.report_pictures`` eval images,
+    ground truth dashed white; 0 = none)."""
     from jaxvision import viz
     workdir = Path(workdir)
     names = [_name(info, k) for k in range(len(np.asarray(results.get("AP_per_class", []))))]
@@ -181,10 +182,11 @@ def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
     if results.get("AP_per_class") is not None:
         rows = [{"class": n, "AP": float(a)} for n, a in zip(names, np.asarray(results["AP_per_class"]))]
         (workdir / "per_class_ap.json").write_text(json.dumps(rows, indent=2))
-    _picture(config, workdir, info)
+    if int(config.model.get("report_pictures", 8)) > 0:
+        _picture(config, workdir, info, int(config.model.get("report_pictures", 8)))
 
 
-def _picture(config: Any, workdir: Path, info: SourceInfo, count: int = 8) -> None:
+def _picture(config: Any, workdir: Path, info: SourceInfo, count: int) -> None:
     """Draws the first ``count`` eval images with the run's detections and their ground truth."""
     from jaxvision import viz
     from jaxvision.data.pipeline import make_loader
@@ -232,7 +234,7 @@ def _base(name: str, taps: tuple[str, ...], **fields: Any) -> ml_collections.Con
     config.model = ml_collections.ConfigDict(dict(
         name=name, backbone=dict(name="small_cnn", widths=(32, 64, 128, 128), norm="batch"),
         taps=taps, max_detections=100, nms_iou=0.5, score_threshold=0.01, draw_threshold=0.3,
-        **fields))
+        report_pictures=8, **fields))
     config.loss = _loss_config()
     config.optim.name = "adam"
     config.optim.lr = 2e-3

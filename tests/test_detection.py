@@ -1,0 +1,105 @@
+"""Detection end to end: each model of `experiments/detection.py` trains on a tiny scene set
+(the loss goes down), is scored by the COCO and VOC evaluators, writes its pictures, and
+`predict` draws boxes on image files; bad box inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxvision.__main__ import main
+from jaxvision.config import get_config
+from jaxvision.data.source import DataError
+from jaxvision.evaluators import eval_config
+from jaxvision.experiment import load_experiment
+from jaxvision.train import loop
+
+SPEC = "experiments/detection.py"
+MODELS = ("yolo_synthetic", "centernet_synthetic", "retinanet_synthetic", "twostage_synthetic")
+
+
+def _tiny(name: str):
+    config = get_config(f"{SPEC}:{name}")
+    p = config.data.procedural
+    p.image_size, p.num_train, p.num_eval, p.max_objects = 32, 8, 8, 2
+    config.data.input_shape = (32, 32, 3)
+    config.data.train_pp = ""  # the same 8 images every step: the loss must fall
+    config.model.backbone.widths = (8, 8, 16, 16)
+    for key, value in (("width", 16), ("head_width", 16), ("hidden", 32), ("grid", 4), ("head_depth", 1),
+                       ("roi_batch", 16), ("post_nms_train", 16), ("post_nms_test", 8), ("pre_nms", 64)):
+        if key in config.model:
+            config.model[key] = value
+    config.model.max_detections = 10
+    config.train.batch_size = config.train.eval_batch_size = 8
+    config.train.steps, config.train.log_every = 6, 1
+    config.train.eval_every = config.train.checkpoint_every = 0
+    config.train.async_checkpoint = False
+    config.optim.warmup_steps = 0
+    # Every evaluator and picture costs a compilation: the COCO one always, the rest once.
+    del config.evals["eval"]
+    if name == "centernet_synthetic":
+        config.evals.voc = eval_config("voc")
+        config.evals.eval = eval_config("metrics")
+    else:
+        config.model.report_pictures = 0
+    return config
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def run(request, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp(request.param)
+    config = _tiny(request.param)
+    results = loop.train(config, workdir, experiment=load_experiment(SPEC), progress=False)
+    return request.param, config, workdir, results
+
+
+def test_each_model_trains_and_is_scored(run):
+    name, _, workdir, results = run
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train = [r["loss"] for r in rows if r.get("split") == "train"]
+    assert len(train) == 6 and train[-1] < train[0], (name, train)
+    for key in ("AP", "AP50", "AP75", "APs", "AR1", "AR10", "AR100"):
+        assert np.isfinite(results[key]) and -1 <= results[key] <= 1, (name, key)
+    assert np.asarray(results["AP_per_class"]).shape == (6,)
+    assert json.loads((workdir / "per_class_ap.json").read_text())[0]["class"] == "disk"
+    if name == "centernet_synthetic":
+        assert 0 <= results["voc_mAP"] <= 1 and np.isfinite(results["loss_heatmap"])
+        assert (workdir / "detections.png").stat().st_size > 1000
+
+
+def test_predict_draws_boxes_on_image_files(run, tmp_path):
+    name, _, workdir, _ = run
+    if name != "centernet_synthetic":
+        pytest.skip("one model is enough for the command line")
+    images = tmp_path / "in"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(images / "a.png")
+    out = tmp_path / "out"
+    assert main(["predict", "--workdir", str(workdir), str(images), "--out", str(out)]) == 0
+    line = json.loads((out / "predictions.jsonl").read_text().splitlines()[0])
+    dets = line["detections"]
+    assert len(dets) == 10 and dets[0]["score"] >= dets[-1]["score"]
+    # Boxes are in the file's pixels (48 x 64), not the model's 32 x 32 input.
+    for d in dets:
+        y0, x0, y1, x1 = d["box"]
+        assert 0 <= y0 <= y1 <= 48 and 0 <= x0 <= x1 <= 64
+    assert Image.open(out / line["picture"]).size[0] >= 256
+
+
+def test_too_many_boxes_and_foreign_classes_are_clear_errors(tmp_path):
+    config = _tiny("centernet_synthetic")
+    config.data.max_boxes = 1
+    with pytest.raises(DataError, match=r"data.max_boxes=1.*--config.data.max_boxes=2"):
+        loop.train(config, tmp_path / "a", experiment=load_experiment(SPEC), progress=False)
+    config = _tiny("centernet_synthetic")
+    config.model.num_classes = 3
+    with pytest.raises(ValueError, match="model.num_classes=3 is below the data's 6 object classes"):
+        loop.train(config, tmp_path / "b", experiment=load_experiment(SPEC), progress=False)
+    config = _tiny("centernet_synthetic")
+    config.model.name = "yolo"
+    with pytest.raises(ValueError, match="detectors: yolo_v1, centernet, retinanet, faster_rcnn"):
+        loop.train(config, tmp_path / "c", experiment=load_experiment(SPEC), progress=False)

@@ -32,6 +32,7 @@ from jaxvision.models import rcnn
 
 DETECTORS = {"yolo_v1": det.YOLOv1, "centernet": det.CenterNet, "retinanet": det.RetinaNet,
              "faster_rcnn": rcnn.FasterRCNN}
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # the real data sets
 # model keys read here, not passed to the detector class
 _OWN_KEYS = ("name", "backbone", "max_detections", "nms_iou", "score_threshold", "num_classes",
              "draw_threshold", "report_pictures")
@@ -133,8 +134,13 @@ def predict(config: Any, model, variables: dict, batch: dict):
     return rcnn.decode_faster_rcnn(out, size, iou_threshold=float(m.nms_iou), **common)
 
 
+def _names(info: SourceInfo) -> tuple[str, ...]:
+    return tuple(info.box_class_names or info.class_names)
+
+
 def _name(info: SourceInfo, k: int) -> str:
-    return info.class_names[k] if k < len(info.class_names) else str(k)
+    names = _names(info)
+    return names[k] if k < len(names) else str(k)
 
 
 def _to_image(config: Any, outputs: dict) -> tuple[np.ndarray, float, float]:
@@ -165,7 +171,7 @@ def draw(config: Any, example: dict, outputs: dict, info: SourceInfo) -> np.ndar
     boxes, _, _ = _to_image(config, outputs)
     keep = np.asarray(outputs["det_valid"], bool)
     return viz.draw_detections(example["image"], boxes[keep], np.asarray(outputs["det_classes"])[keep],
-                               np.asarray(outputs["det_scores"])[keep], info.class_names,
+                               np.asarray(outputs["det_scores"])[keep], _names(info),
                                min_score=float(config.model.get("draw_threshold", 0.3)))
 
 
@@ -203,7 +209,7 @@ def _picture(config: Any, workdir: Path, info: SourceInfo, count: int) -> None:
         gv = batch["box_valid"][i]
         panels.append(viz.draw_detections(
             batch["image"][i], np.asarray(out["det_boxes"])[keep], np.asarray(out["det_classes"])[keep],
-            np.asarray(out["det_scores"])[keep], info.class_names, gt_boxes=batch["boxes"][i][gv],
+            np.asarray(out["det_scores"])[keep], _names(info), gt_boxes=batch["boxes"][i][gv],
             gt_classes=batch["box_classes"][i][gv], min_score=float(config.model.get("draw_threshold", 0.3))))
     viz.detection_grid(panels, str(workdir / "detections.png"), columns=4,
                        title=f"{config.model.name}: detections (score >= "
@@ -274,6 +280,79 @@ def twostage_synthetic() -> ml_collections.ConfigDict:
                  post_nms_test=32, roi_batch=32)
 
 
+def _files(config: ml_collections.ConfigDict, name: str, path: str, size: int, *, train: str,
+           evaluate: str, max_boxes: int, classes: int) -> ml_collections.ConfigDict:
+    """Points a config at file or TFDS data resized to ``size`` x ``size`` (boxes follow)."""
+    config.data.name, config.data.path = name, path
+    config.data.train_split, config.data.eval_split = train, evaluate
+    config.data.max_boxes = max_boxes
+    config.data.eval_pp = f"resize({size})"
+    config.data.train_pp = f"resize({size})|random_scale({size}, scale=(0.75, 1.25))|flip_lr"
+    config.data.input_shape, config.data.num_classes = (size, size, 3), classes
+    return config
+
+
+def pets_heads() -> ml_collections.ConfigDict:
+    """Cat and dog head boxes of ../shared/data/oxford_pets, 128 x 128, CenterNet from scratch.
+
+    Only the 296 trainval images have head boxes; every 4th of each breed is held out (split
+    heads_eval, 72 images), the rest train (heads_train, 224)."""
+    config = _files(centernet_synthetic(), "oxford_pets", str(SHARED / "oxford_pets"), 128,
+                    train="heads_train", evaluate="heads_eval", max_boxes=4, classes=2)
+    config.train.batch_size, config.train.eval_batch_size = 16, 72
+    config.train.steps, config.train.eval_every, config.train.checkpoint_every = 2000, 500, 500
+    config.train.log_every = 50
+    return config
+
+
+def coco128() -> ml_collections.ConfigDict:
+    """COCO128 overfit-then-evaluate sanity run: RetinaNet trained and scored on the same 128 images.
+
+    ../shared/data/coco128: 80 classes, up to 42 boxes an image, at 192 x 192, FPN strides 4-16;
+    a detector that cannot fit these images is broken."""
+    config = _files(retinanet_synthetic(), "yolo", str(SHARED / "coco128"), 192, train="train",
+                    evaluate="train", max_boxes=48, classes=80)
+    config.model.backbone.widths = (32, 64, 128, 128, 128)
+    config.model.taps = ("stage3", "stage4", "stage5")
+    config.data.train_pp = "resize(192)|flip_lr"  # memorizing is the point: light augmentation
+    config.train.batch_size, config.train.eval_batch_size = 16, 64
+    config.train.steps, config.train.eval_every, config.train.checkpoint_every = 3000, 1000, 500
+    config.train.log_every = 50
+    return config
+
+
+def voc() -> ml_collections.ConfigDict:
+    """PASCAL VOC 2007 (TFDS voc/2007), ResNet-18 FPN RetinaNet at 320 x 320: a GPU's job.
+
+    Trains on train+validation, scores test with COCO AP and VOC07 11-point AP; the data must
+    be prepared first (the error gives the ``data prepare`` command)."""
+    config = _files(retinanet_synthetic(), "voc/2007", None, 320, train="train+validation",
+                    evaluate="test", max_boxes=48, classes=20)
+    config.model.backbone = ml_collections.ConfigDict(dict(name="resnet18", norm="batch"))
+    config.model.taps = ("layer2", "layer3", "layer4")
+    config.model.anchor_scale = 4.0
+    config.data.keys = ("image", "boxes", "box_classes", "box_difficult")
+    config.evals.voc07 = eval_config("voc", eleven_point=True)
+    config.train.batch_size, config.train.steps = 16, 40000
+    config.train.eval_every = config.train.checkpoint_every = 5000
+    return config
+
+
+def coco() -> ml_collections.ConfigDict:
+    """COCO 2017 (TFDS coco/2017), ResNet-50 FPN RetinaNet at 512 x 512: a GPU's job.
+
+    Scored on validation with crowd regions and areas from the data; prepare the data first."""
+    config = _files(retinanet_synthetic(), "coco/2017", None, 512, train="train",
+                    evaluate="validation", max_boxes=100, classes=80)
+    config.model.backbone = ml_collections.ConfigDict(dict(name="resnet50", norm="batch"))
+    config.model.taps = ("layer2", "layer3", "layer4")
+    config.model.anchor_scale = 4.0
+    config.data.keys = ("image", "boxes", "box_classes", "box_crowd", "box_area")
+    config.train.batch_size, config.train.steps = 16, 90000
+    config.train.eval_every = config.train.checkpoint_every = 10000
+    return config
+
+
 def default() -> ml_collections.ConfigDict:
     """The best model on the procedural scenes (benchmarks/NOTES.md, "Detection")."""
     return centernet_synthetic()
@@ -285,4 +364,8 @@ CONFIGS = {
     "centernet_synthetic": centernet_synthetic,
     "retinanet_synthetic": retinanet_synthetic,
     "twostage_synthetic": twostage_synthetic,
+    "pets_heads": pets_heads,
+    "coco128": coco128,
+    "voc": voc,
+    "coco": coco,
 }

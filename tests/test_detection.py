@@ -90,6 +90,15 @@ def test_predict_draws_boxes_on_image_files(run, tmp_path):
     assert Image.open(out / line["picture"]).size[0] >= 256
 
 
+def test_random_box_baseline_scores_near_zero_and_repeats():
+    from jaxvision.tools.box_baseline import random_boxes
+    config = _tiny("centernet_synthetic")
+    config.data.procedural.num_eval = 40
+    a, b = random_boxes(config, seed=3), random_boxes(config, seed=3)
+    assert a["AP"] == b["AP"] and a["eval_images"] == 40
+    assert 0 <= a["AP50"] < 0.2 and 0 <= a["voc_mAP"] < 0.2
+
+
 def test_too_many_boxes_and_foreign_classes_are_clear_errors(tmp_path):
     config = _tiny("centernet_synthetic")
     config.data.max_boxes = 1

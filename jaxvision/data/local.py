@@ -777,6 +777,19 @@ def read_voc_boxes(path: Path, classes: Sequence[str]) -> tuple[np.ndarray, np.n
     return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int32)
 
 
+def _heads_split(stems: list[str], xmls: Path, held_out: bool) -> list[str]:
+    """The images with a head-box XML, every 4th of each breed held out (see OxfordPetsSource)."""
+    seen: dict[str, int] = {}
+    out = []
+    for s in stems:
+        if not (xmls / f"{s}.xml").exists():
+            continue
+        k = seen[pet_breed(s)] = seen.get(pet_breed(s), -1) + 1
+        if (k % 4 == 3) == held_out:
+            out.append(s)
+    return out
+
+
 class OxfordPetsSource(_FileSource):
     """Oxford-IIIT Pet: ``image`` (RGB), ``mask`` (trimap: 0 background, 1 pet, border ignored),
     ``label`` = breed, ``identity`` = breed, ``boxes`` / ``box_classes`` = head boxes (cat 0, dog 1).
@@ -786,7 +799,10 @@ class OxfordPetsSource(_FileSource):
     the breed names. ``identity`` is the breed too, not the species: two species are too few
     identities for P x K metric-learning batches, and the species is the head box's class.
     Images without an XML (all of ``test``) have zero boxes. Splits: ``train`` = trainval.txt,
-    ``test`` = test.txt, ``all`` = every image in ``images/`` (including the two the lists omit).
+    ``test`` = test.txt, ``all`` = every image in ``images/`` (including the two the lists omit);
+    for head detection, ``heads_train`` / ``heads_eval``: the trainval images that have head
+    boxes (the only ones that do), every 4th of each breed in list order (positions 3, 7, ...)
+    in ``heads_eval``, the other three quarters in ``heads_train``.
     """
 
     kind = "oxford_pets"
@@ -803,7 +819,7 @@ class OxfordPetsSource(_FileSource):
             raise DataError(f"oxford_pets: no images in {str(images)!r}; expected {_PETS_LAYOUT}.")
         if split == "all":
             stems = sorted(files, key=_natural_key)
-        elif split in ("train", "trainval", "test"):
+        elif split in ("train", "trainval", "test", "heads_train", "heads_eval"):
             listing = _require(ann / ("test.txt" if split == "test" else "trainval.txt"),
                                "split list", "oxford_pets", _PETS_LAYOUT)
             try:
@@ -816,8 +832,11 @@ class OxfordPetsSource(_FileSource):
             if missing:
                 raise DataError(f"oxford_pets: {len(missing)} images of {str(listing)!r} are not in "
                                 f"{str(images)!r}, e.g. {missing[:3]}.")
+            if split.startswith("heads_"):
+                stems = _heads_split(stems, xmls, split == "heads_eval")
         else:
-            raise _unknown_split("oxford_pets", split, ("all", "train", "test"), root)
+            raise _unknown_split("oxford_pets", split, ("all", "train", "test", "heads_train",
+                                                        "heads_eval"), root)
         no_trimap = [s for s in stems if not (trimaps / f"{s}.png").exists()]
         if no_trimap:
             raise DataError(f"oxford_pets: {len(no_trimap)} images have no trimap in "
@@ -831,6 +850,7 @@ class OxfordPetsSource(_FileSource):
             name="oxford_pets", split=split,
             keys=("image", "mask", "label", "identity", "boxes", "box_classes"),
             num_classes=len(breeds), class_names=breeds, num_box_classes=len(PET_SPECIES),
+            box_class_names=tuple(PET_SPECIES),
             num_mask_classes=2, num_identities=len(breeds))
 
     def identities(self) -> np.ndarray:

@@ -66,6 +66,7 @@ class SourceInfo:
     num_classes: int | None = None           # image-level ``label``
     class_names: tuple[str, ...] = ()
     num_box_classes: int | None = None       # ``box_classes``
+    box_class_names: tuple[str, ...] = ()    # names of the ``box_classes``; () = class_names
     num_mask_classes: int | None = None      # ``mask`` (IGNORE_LABEL not counted)
     num_identities: int | None = None        # ``identity``
     max_disparity: float | None = None       # largest valid disparity, pixels

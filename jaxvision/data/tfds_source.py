@@ -11,7 +11,15 @@ Feature mapping to the example format (``jaxvision.data.example``):
 * the image (``image``, else the first 3-D ``Image`` feature) -> ``image`` uint8 (H, W, C);
 * ``label`` (ClassLabel) -> ``label`` int32;
 * ``objects/bbox`` (BBoxFeature, normalized ymin, xmin, ymax, xmax) -> ``boxes`` in pixels,
-  ``objects/label`` (else the first ClassLabel in ``objects``) -> ``box_classes``;
+  ``objects/label`` (else the first ClassLabel in ``objects``) -> ``box_classes``, its names ->
+  ``SourceInfo.box_class_names`` (the category names for ``coco``, ``voc``). Where ``objects``
+  has them: ``objects/is_crowd`` (bool, ``coco/2017``) -> ``box_crowd``; ``objects/area``
+  (int64 pixels², ``coco/2017``: COCO's float mask area truncated by TFDS) -> ``box_area``
+  float32, used as is since TFDS coco stores its images at their original size (the size the
+  area was measured at); ``objects/is_difficult`` (bool, ``voc/2007``, ``voc/2012``) ->
+  ``box_difficult``. ``objects/is_truncated``, ``objects/pose`` (voc) and ``objects/id``
+  (coco) are not read. (``coco/2017_panoptic`` names its sequence ``panoptic_objects``, which
+  is not read either.)
 * ``segmentation_mask`` / ``segmentation_label`` / ``mask`` -> ``mask`` int32, 255 -> IGNORE_LABEL;
   ``oxford_iiit_pet`` trimaps map as in the local source (pet 1, background 0, border ignored),
   and its ``head_bbox`` becomes one box of class ``species`` (cat 0, dog 1).
@@ -92,6 +100,15 @@ def _not_prepared(name: str, data_dir: str, why: str) -> DataError:
 
 # ----------------------------------------------------------------------------- features
 
+# Per-box example key -> (scalar feature inside TFDS ``objects``, accepted numpy dtype kinds),
+# as named by the TFDS coco (``is_crowd``, ``area``) and voc (``is_difficult``) builders.
+_BOX_META: dict[str, tuple[str, str]] = {
+    "box_crowd": ("is_crowd", "b"),
+    "box_difficult": ("is_difficult", "b"),
+    "box_area": ("area", "iuf"),
+}
+_BOX_META_DTYPES = {"box_crowd": np.bool_, "box_difficult": np.bool_, "box_area": np.float32}
+
 def _feature_plan(features: Any, name: str) -> dict[str, Any]:
     """Returns which TFDS feature feeds which example key, and the class counts."""
     from tensorflow_datasets.core import features as F
@@ -104,7 +121,8 @@ def _feature_plan(features: Any, name: str) -> dict[str, Any]:
                         "only image datasets can be read as sources.")
     plan: dict[str, Any] = {"image": image, "label": None, "mask": None, "objects": None,
                             "box_label": None, "head_bbox": None, "class_names": (),
-                            "num_box_classes": None}
+                            "num_box_classes": None, "box_class_names": (),
+                            "box_meta": {}}   # example key -> feature inside ``objects``
     if isinstance(items.get("label"), F.ClassLabel):
         plan["label"] = "label"
         plan["class_names"] = tuple(items["label"].names)
@@ -118,10 +136,17 @@ def _feature_plan(features: Any, name: str) -> dict[str, Any]:
             plan["box_label"] = "label" if "label" in labels else (labels[0] if labels else None)
             if plan["box_label"]:
                 plan["num_box_classes"] = sub[plan["box_label"]].num_classes
+                plan["box_class_names"] = tuple(sub[plan["box_label"]].names)
+            for key, (feature, kinds) in _BOX_META.items():
+                f = sub.get(feature)
+                if (isinstance(f, F.Tensor) and not isinstance(f, (F.ClassLabel, F.BBoxFeature))
+                        and tuple(f.shape) == () and np.dtype(f.np_dtype).kind in kinds):
+                    plan["box_meta"][key] = feature
     if (plan["objects"] is None and isinstance(items.get("head_bbox"), F.BBoxFeature)
             and isinstance(items.get("species"), F.ClassLabel)):
         plan["head_bbox"] = "head_bbox"
         plan["num_box_classes"] = items["species"].num_classes
+        plan["box_class_names"] = tuple(items["species"].names)
     return plan
 
 
@@ -176,11 +201,11 @@ class TfdsSource:
         keys = ["image"] + [k for k, on in (("label", plan["label"]), ("mask", plan["mask"]),
                                             ("boxes", plan["objects"] or plan["head_bbox"]),
                                             ("box_classes", plan["objects"] or plan["head_bbox"]))
-                            if on]
+                            if on] + [k for k in _BOX_META if k in plan["box_meta"]]
         self.info = SourceInfo(
             name=name, split=split, keys=tuple(keys),
             num_classes=len(plan["class_names"]) or None, class_names=plan["class_names"],
-            num_box_classes=plan["num_box_classes"],
+            num_box_classes=plan["num_box_classes"], box_class_names=plan["box_class_names"],
             num_mask_classes=2 if self._trimap and plan["mask"] else None)
 
     def __len__(self) -> int:
@@ -228,6 +253,10 @@ class TfdsSource:
             ex["boxes"] = _boxes(objects["bbox"], h, w)
             ex["box_classes"] = (np.asarray(objects[plan["box_label"]], np.int32).reshape(-1)
                                  if plan["box_label"] else np.zeros(len(ex["boxes"]), np.int32))
+            # Row k of each is object k, as for ``bbox``. TFDS coco images are stored at their
+            # original size, so ``area`` (pixels² of that image) needs no scaling.
+            for key, feature in plan["box_meta"].items():
+                ex[key] = np.asarray(objects[feature]).astype(_BOX_META_DTYPES[key]).reshape(-1)
         elif plan["head_bbox"]:
             box = _boxes(raw["head_bbox"], h, w)
             keep = (box[:, 2] > box[:, 0]) & (box[:, 3] > box[:, 1])  # images without a head box

@@ -385,6 +385,20 @@ def test_oxford_pets(tmp_path):
         validate_example(ex)
 
 
+def test_oxford_pets_head_splits_hold_out_every_fourth_boxed_image_of_each_breed(shared_data):
+    cfg = _cfg("oxford_pets", shared_data / "oxford_pets")
+    train, held = build_source(cfg, "heads_train"), build_source(cfg, "heads_eval")
+    assert (len(train), len(held)) == (224, 72)  # 296 trainval images have head boxes
+    assert train.info.box_class_names == ("cat", "dog")
+    names = lambda src: [stem for stem, *_ in src._items]  # noqa: E731
+    assert not set(names(train)) & set(names(held))
+    for breed in ("Abyssinian", "american_bulldog", "Bengal"):
+        n = sum(s.rsplit("_", 1)[0] == breed for s in names(held))
+        m = sum(s.rsplit("_", 1)[0] == breed for s in names(train))
+        assert n == (n + m) // 4, breed
+    assert all(len(held[i]["boxes"]) >= 1 for i in range(0, 72, 9))
+
+
 def test_oxford_pets_errors(tmp_path):
     _pets_tree(tmp_path)
     with pytest.raises(DataError, match="unknown split 'val'"):

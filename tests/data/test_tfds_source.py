@@ -37,13 +37,17 @@ def _png(array: np.ndarray) -> io.BytesIO:
 
 
 def _det_example(i: int) -> dict:
-    """Example i of the tiny detection set: (H, W) = (6 + i, 8), i % 2 boxes, mask with 255s."""
+    """Example i of the tiny detection set: (H, W) = (6 + i, 8), i % 3 boxes, mask with 255s,
+    per-box crowd / difficult flags and areas that differ between the two boxes."""
     h, w = 6 + i, 8
     rng = np.random.default_rng(i)
     mask = rng.integers(0, 3, (h, w))
     mask[0, :] = 255
+    n = i % 3
     return {"image": rng.integers(0, 256, (h, w, 3)), "label": i % 3, "mask": mask,
-            "bbox": [[0.5, 0.25, 1.0, 0.75], [0.0, 0.0, 0.5, 0.125]][: i % 3], "box_label": [1, 0][: i % 3]}
+            "bbox": [[0.5, 0.25, 1.0, 0.75], [0.0, 0.0, 0.5, 0.125]][:n], "box_label": [1, 0][:n],
+            "is_crowd": [True, False][:n], "is_difficult": [False, True][:n],
+            "area": [100 * i + 17, 3][:n], "is_truncated": [True, True][:n]}
 
 
 class JaxvisionTinyDet(tfds.core.GeneratorBasedBuilder):
@@ -57,7 +61,11 @@ class JaxvisionTinyDet(tfds.core.GeneratorBasedBuilder):
             "image": f.Image(shape=(None, None, 3)),
             "label": f.ClassLabel(names=["a", "b", "c"]),
             "segmentation_mask": f.Image(shape=(None, None, 1)),
-            "objects": f.Sequence({"bbox": f.BBoxFeature(), "label": f.ClassLabel(names=["x", "y"])}),
+            # Per-box features named as in TFDS coco/2017 (is_crowd, area) and voc (is_difficult,
+            # is_truncated, which is not read).
+            "objects": f.Sequence({"bbox": f.BBoxFeature(), "label": f.ClassLabel(names=["x", "y"]),
+                                   "is_crowd": np.bool_, "area": np.int64, "is_difficult": np.bool_,
+                                   "is_truncated": np.bool_}),
         }))
 
     def _split_generators(self, dl_manager):
@@ -69,7 +77,8 @@ class JaxvisionTinyDet(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": _png(e["image"]), "label": e["label"],
                       "segmentation_mask": _png(e["mask"]),
                       "objects": {"bbox": [tfds.features.BBox(*b) for b in e["bbox"]],
-                                  "label": e["box_label"]}}
+                                  "label": e["box_label"],
+                                  **{k: e[k] for k in ("is_crowd", "area", "is_difficult", "is_truncated")}}}
 
 
 class FakePets(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -169,8 +178,10 @@ def test_tiny_detection_dataset_round_trip(tiny_dir):
     src = build_source(_cfg("jaxvision_tiny_det", tiny_dir), "train")
     assert len(src) == 5
     info = src.info
-    assert info.keys == ("image", "label", "mask", "boxes", "box_classes")
+    assert info.keys == ("image", "label", "mask", "boxes", "box_classes",
+                         "box_crowd", "box_difficult", "box_area")
     assert (info.num_classes, info.class_names, info.num_box_classes) == (3, ("a", "b", "c"), 2)
+    assert info.box_class_names == ("x", "y")
     seen = set()
     for i in range(len(src)):
         ex = validate_example(src[i])
@@ -186,6 +197,12 @@ def test_tiny_detection_dataset_round_trip(tiny_dir):
         expected = [[0.5 * h, 0.25 * w, 1.0 * h, 0.75 * w], [0.0, 0.0, 0.5 * h, 0.125 * w]][: k % 3]
         np.testing.assert_allclose(ex["boxes"], np.asarray(expected, np.float32).reshape(-1, 4), atol=1e-5)
         assert ex["boxes"].dtype == np.float32 and ex["box_classes"].tolist() == e["box_label"]
+        # Row k of every per-box key is box k (the two boxes' values differ).
+        assert ex["box_crowd"].dtype == np.bool_ and ex["box_crowd"].tolist() == e["is_crowd"]
+        assert ex["box_difficult"].dtype == np.bool_ and ex["box_difficult"].tolist() == e["is_difficult"]
+        assert ex["box_area"].dtype == np.float32 and ex["box_area"].tolist() == e["area"]
+        assert all(ex[key].shape == (k % 3,) for key in ("box_crowd", "box_difficult", "box_area"))
+        assert "is_truncated" not in ex and "box_truncated" not in ex
     assert seen == set(range(5))
     # Pickled as grain workers do: reopens lazily and reads the same data.
     clone = pickle.loads(pickle.dumps(src))
@@ -203,6 +220,10 @@ def test_tiny_detection_dataset_round_trip(tiny_dir):
 def test_oxford_iiit_pet_mapping(tiny_dir):
     src = build_source(_cfg("oxford_iiit_pet", tiny_dir), "train")
     assert src.info.num_box_classes == 2 and src.info.num_mask_classes == 2
+    # The head boxes' classes are the species, not the breeds of `label`.
+    assert src.info.box_class_names == ("Cat", "Dog")
+    assert src.info.keys == ("image", "label", "mask", "boxes", "box_classes")
+    assert not {"box_crowd", "box_difficult", "box_area"} & (set(src[0]) | set(src[1]))
     trimap = np.arange(20).reshape(4, 5) % 3 + 1
     by_label = {int(src[i]["label"]): src[i] for i in range(2)}
     for ex in by_label.values():
@@ -211,6 +232,26 @@ def test_oxford_iiit_pet_mapping(tiny_dir):
     np.testing.assert_allclose(by_label[0]["boxes"], [[1.0, 1.0, 3.0, 3.0]], atol=1e-5)
     assert by_label[0]["box_classes"].tolist() == [1]
     assert by_label[1]["boxes"].shape == (0, 4) and by_label[1]["box_classes"].shape == (0,)
+
+
+def test_real_voc_and_coco_features_map_per_box_keys(tmp_path):
+    """The feature names of the real TFDS builders: voc/2007 from the installed builder (its
+    info needs no TensorFlow), coco/2017's ``objects`` as written in TFDS's coco.py (whose info
+    imports TensorFlow)."""
+    f = tfds.features
+    voc = tfds.builder("voc/2007", data_dir=str(tmp_path)).info.features
+    plan = tfds_source._feature_plan(voc, "voc/2007")
+    assert plan["box_label"] == "label" and plan["box_meta"] == {"box_difficult": "is_difficult"}
+    assert plan["box_class_names"][:3] == ("aeroplane", "bicycle", "bird") and plan["num_box_classes"] == 20
+    coco = f.FeaturesDict({"image": f.Image(encoding_format="jpeg"), "image/filename": f.Text(),
+                           "image/id": np.int64,
+                           "objects": f.Sequence({"id": np.int64, "area": np.int64, "bbox": f.BBoxFeature(),
+                                                  "label": f.ClassLabel(names=["person", "bicycle"]),
+                                                  "is_crowd": np.bool_})})
+    plan = tfds_source._feature_plan(coco, "coco/2017")
+    assert plan["box_meta"] == {"box_crowd": "is_crowd", "box_area": "area"}
+    assert plan["box_class_names"] == ("person", "bicycle") and plan["label"] is None
+    assert "tensorflow" not in sys.modules
 
 
 def _prepared_mnist_dir() -> str:

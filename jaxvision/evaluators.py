@@ -331,7 +331,15 @@ class _Detections(GatherEvaluator):
     optional_batch_keys = ("box_crowd", "box_area", "box_difficult")
 
     def _keys(self):
-        return list(self.predict_keys), list(self.batch_keys)  # fixed names, not options
+        pk, bk = list(self.predict_keys), list(self.batch_keys)  # fixed names, not options
+        if getattr(self, "iou_type", "bbox") == "segm":
+            pk, bk = pk + ["det_masks"], bk + ["instance_mask"]
+        return pk, bk
+
+    def transform(self, outputs):
+        if "det_masks" in outputs:  # host memory: one bit per pixel is all the metric needs
+            outputs = {**outputs, "det_masks": outputs["det_masks"] > 0.5}
+        return outputs
 
     def device_fn(self, exp, model, config, static):
         self.classes = int(self.num_classes or getattr(model, "num_classes", 0) or 0)
@@ -367,6 +375,11 @@ class _Detections(GatherEvaluator):
         for key, name in (("box_crowd", "crowd"), ("box_area", "area"), ("box_difficult", "difficult")):
             if key in o:
                 rows[name] = o[key][gv]
+        if "det_masks" in o:
+            self._dt.setdefault("masks", []).append(o["det_masks"][dv].astype(bool))
+            # Object k of an image is its instance_mask pixels equal to k + 1.
+            ids = np.arange(1, gv.shape[1] + 1)[None, :, None, None]
+            rows["masks"] = (o["instance_mask"][:, None] == ids)[gv]
         for k, v in rows.items():
             self._gt.setdefault(k, []).append(v)
 
@@ -387,11 +400,18 @@ class CocoDetection(_Detections):
     0.50:0.95), ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AR1``, ``AR10``, ``AR100``,
     ``ARs``, ``ARm``, ``ARl`` (-1 where COCO averages nothing, e.g. ``APl`` without a large
     object), ``AP_per_class`` (C,) and ``pr_curve50`` (C, 101), precision at IoU 0.5 over the
-    recall points 0, 0.01, ..., 1 (for plots). ``max_dets``: detections per image and class."""
+    recall points 0, 0.01, ..., 1 (for plots). ``max_dets``: detections per image and class.
+    ``iou_type='segm'`` scores masks instead (instance segmentation): predict()'s ``det_masks``
+    (N, K, H, W) (> 0.5 is the object) against the batch's ``instance_mask`` (object k of an
+    image = its pixels equal to k + 1), mask IoU and mask areas, as COCO's ``segm``."""
 
-    options = {"num_classes": 0, "max_dets": (1, 10, 100)}
+    options = {"num_classes": 0, "max_dets": (1, 10, 100), "iou_type": "bbox"}
 
     def _names(self):
+        if self.iou_type not in ("bbox", "segm"):
+            raise ConfigError(f"evals.{self.name}.iou_type must be 'bbox' or 'segm' (masks: reads "
+                              f"predict()'s det_masks (N, K, H, W) and the batch's instance_mask), "
+                              f"got {self.iou_type!r}.")
         md = tuple(int(m) for m in self.max_dets)
         if len(md) < 1 or min(md) < 1:
             raise ConfigError(f"evals.{self.name}.max_dets must be positive ints, got {self.max_dets!r}.")

@@ -176,3 +176,53 @@ def test_voc_ap_hand_worked():
                           {"image": [0], "class": [0], "score": [1.0], "boxes": [[0, 0, 10, 5]]}, 2)
     assert miss["AP_per_class"][0] == 0.0 and np.isnan(miss["AP_per_class"][1])
     assert miss["mAP"] == 0.0
+
+
+def test_coco_evaluator_gathers_padded_batches_for_boxes_and_masks():
+    from jaxvision.evaluators import CocoDetection, VocDetection
+    rng = np.random.default_rng(7)
+    n, k, m, hw = 5, 4, 3, (12, 12)
+    inst = np.zeros((n,) + hw, np.int32)
+    boxes = np.zeros((n, m, 4), np.float32)
+    gv = np.zeros((n, m), bool)
+    for i in range(n):
+        for j in range(rng.integers(0, m + 1)):
+            y, x = rng.integers(0, 8, 2)
+            inst[i, y:y + 4, x:x + 3] = j + 1
+            gv[i, j] = True
+        for j in range(m):
+            ys, xs = np.nonzero(inst[i] == j + 1)
+            gv[i, j] = ys.size > 0
+            if ys.size:
+                boxes[i, j] = [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1]
+    det_masks = rng.random((n, k) + hw) * 0.6 + (inst[:, None] == rng.integers(1, m + 1, (n, k))[..., None, None]) * 0.5
+    det_boxes = boxes[:, rng.integers(0, m, k)] + rng.normal(0, 0.5, (n, k, 4)).astype(np.float32)
+    outputs = {"det_boxes": det_boxes, "det_scores": rng.random((n, k)), "det_classes": rng.integers(0, 2, (n, k)),
+               "det_valid": rng.random((n, k)) < 0.8, "boxes": boxes, "box_classes": rng.integers(0, 2, (n, m)),
+               "box_valid": gv, "index": np.arange(n) + 10, "instance_mask": inst,
+               "det_masks": det_masks > 0.5}
+    for iou_type in ("bbox", "segm"):
+        ev = CocoDetection("coco", split="test", batch_size=2, every=0, iou_type=iou_type)
+        ev.classes = 2
+        ev.reset()
+        for lo in range(0, n, 2):  # in batches, as the core hands them over
+            ev.update({key: v[lo:lo + 2] for key, v in outputs.items()
+                       if iou_type == "segm" or key not in ("det_masks", "instance_mask")})
+        got = ev.compute()
+        dv, g = outputs["det_valid"], gv
+        img = np.broadcast_to(outputs["index"][:, None], dv.shape)
+        dt = {"image": img[dv], "class": outputs["det_classes"][dv], "boxes": det_boxes[dv],
+              "score": outputs["det_scores"][dv]}
+        gt = {"image": np.broadcast_to(outputs["index"][:, None], g.shape)[g],
+              "class": outputs["box_classes"][g], "boxes": boxes[g]}
+        if iou_type == "segm":
+            dt["masks"] = (det_masks > 0.5)[dv]
+            gt["masks"] = (inst[:, None] == np.arange(1, m + 1)[None, :, None, None])[g]
+        want = mean_ap.coco_metrics(gt, dt, 2)
+        for key in ("AP", "AP50", "AR10", "AP_per_class"):
+            np.testing.assert_allclose(got[key], want[key], err_msg=f"{iou_type} {key}")
+    voc = VocDetection("voc", split="test", batch_size=2, every=0)
+    voc.classes = 2
+    voc.reset()
+    voc.update({key: v for key, v in outputs.items() if key not in ("det_masks", "instance_mask")})
+    assert voc.compute()["voc_mAP"] == pytest.approx(mean_ap.voc_ap(gt, dt, 2)["mAP"], nan_ok=True)

@@ -1,0 +1,70 @@
+"""Detection runs side by side with the random-box baseline on the same eval split.
+
+    python benchmarks/detection.py --workdir /tmp/det/retinanet_synthetic [--workdir ...] [--no-eval]
+
+For each finished run: its final COCO metrics (``metrics.jsonl``), the training wall time and
+images/s (from the train log times, evaluations and checkpoints included), and, unless
+``--no-eval``, the time of one evaluation of the best checkpoint (``loop.evaluate_checkpoint``,
+compilation included and then alone on a second call). The last row of each data set is the
+random-box baseline (``jaxvision/tools/box_baseline.py``) on that run's eval split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from jaxvision.config import workdir_config
+from jaxvision.tools.box_baseline import random_boxes
+
+KEYS = ("AP", "AP50", "AP75", "APs", "APm", "AR100")
+
+
+def _rows(workdir: Path) -> tuple[list[dict], list[dict]]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("split") == "train"], [r for r in rows if "AP" in r]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--workdir", action="append", required=True)
+    p.add_argument("--no-eval", action="store_true")
+    a = p.parse_args()
+    out, baselines = [], {}
+    for w in map(Path, a.workdir):
+        config = workdir_config(w)
+        train, evals = _rows(w)
+        last = evals[-1]
+        steps = train[-1]["step"]
+        wall = train[-1]["time"]
+        ips = (train[-1]["step"] - train[0]["step"]) * int(config.train.batch_size) / (
+            train[-1]["time"] - train[0]["time"])
+        row = {"run": w.name, "model": str(config.model.name), "steps": steps, "train_min": wall / 60,
+               "img_s": ips, **{k: last[k] for k in KEYS}}
+        if not a.no_eval:
+            from jaxvision.train import loop
+            t = time.perf_counter()
+            loop.evaluate_checkpoint(config, w)
+            row["eval_s_first"] = time.perf_counter() - t
+            t = time.perf_counter()
+            loop.evaluate_checkpoint(config, w)
+            row["eval_s"] = time.perf_counter() - t
+        out.append(row)
+        data_key = (str(config.data.name), str(config.data.eval_split), str(config.data.eval_pp),
+                    json.dumps(config.data.procedural.to_dict(), sort_keys=True))
+        if data_key not in baselines:
+            base = random_boxes(config)
+            baselines[data_key] = {"run": f"random boxes ({config.data.name})", "model": "baseline",
+                                   "steps": 0, "train_min": 0.0, "img_s": 0.0,
+                                   **{k: base[k] for k in KEYS}}
+    cols = ["run", "model", "steps", "train_min", "img_s", *KEYS] + ([] if a.no_eval else ["eval_s_first", "eval_s"])
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in out + list(baselines.values()):
+        print("| " + " | ".join(f"{r.get(c, ''):.3f}" if isinstance(r.get(c), float) else str(r.get(c, ""))
+                                for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()

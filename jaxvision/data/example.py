@@ -39,7 +39,8 @@ A box that tightly encloses the pixels of rows ``r0..r1`` and columns ``c0..c1``
 ``y0 <= y1`` and ``x0 <= x1``, else ``validate_example`` stops with an error naming the example
 (its file for file sources). Parts of a box outside the image are clipped to it, and a box left
 with a side below 1 px by clipping or cropping is dropped (a resize only scales boxes) with its per-box keys; the
-loader counts dropped boxes (``Loader.dropped_boxes``, logged by the trainer). An example with
+loader counts dropped boxes (``Loader.dropped_boxes``; the trainer logs the count as
+``dropped_boxes`` in its train records and in the eval results when it is not 0). An example with
 more boxes than ``data.max_boxes`` is an error that gives the count to set.
 
 **Per-box metadata.** ``box_crowd``, ``box_difficult`` and ``box_area`` follow ``boxes`` through

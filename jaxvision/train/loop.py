@@ -463,6 +463,11 @@ def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int
         lr = optim.current_lr(strategy.unreplicate(device_state).opt_state)
         if lr is not None:
             record["lr"] = lr
+        dropped = getattr(run.train_loader, "dropped_boxes", 0)
+        if dropped:
+            # The box policy (jaxvision/data/example.py): boxes clipped or cropped away, counted
+            # by this process since it started.
+            record["dropped_boxes"] = float(dropped)
         writer.write(step, "train", record)
 
     step = start

@@ -387,3 +387,101 @@ def faster_rcnn_loss(out: dict, boxes: jax.Array, box_valid: jax.Array, keys: ja
     roi_box = jnp.sum(fg * jnp.sum(smooth_l1(deltas - out["roi_targets"], beta), -1), 1)
     return {"rpn_cls": jnp.sum(w * bce, 1) / count, "rpn_box": rpn_box / count,
             "roi_cls": jnp.sum(used * ce, 1) / rois, "roi_box": roi_box / rois}
+
+
+# ------------------------------------------------------------------------ segmentation
+#
+# Per-pixel losses over ``logits`` (N, H, W, C) and a semantic ``mask`` (N, H, W) of class ids
+# (``jaxvision/data/example.py``): pixels with a negative id (``IGNORE_LABEL``) add nothing to the
+# loss, its count or its gradient. An id >= C is a data error (``validate_example`` rejects it at
+# the source): it makes its image's loss NaN, which stops training loudly, rather than being
+# skipped in silence. Computed in float32 whatever the logits' dtype.
+
+
+class PixelLoss(NamedTuple):
+    """Per-image parts of a pixel loss: ``values`` (N,) the loss summed over the image's
+    non-ignored pixels, ``pixels`` (N,) float32 how many there are. The batch loss is
+    ``sum(values * valid) / max(sum(pixels * valid), 1)`` (``mean`` without padding): the mean
+    over every non-ignored pixel of the batch, so large and small images, or images mostly
+    ignored, weigh by their pixels (torch's ``reduction='mean'`` with ``ignore_index``)."""
+
+    values: jax.Array
+    pixels: jax.Array
+
+    @property
+    def mean(self) -> jax.Array:
+        """``sum(values) / max(sum(pixels), 1)`` (0 when no pixel is scored)."""
+        return jnp.sum(self.values) / jnp.maximum(jnp.sum(self.pixels), 1.0)
+
+
+def _pixel_terms(logits: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array,
+                                                               jax.Array]:
+    """float32 log-softmax (N, H, W, C), safe class ids (N, H, W) (0 at ignore pixels), the
+    float32 pixel weight (1 scored, 0 ignored) and a NaN-or-0 term for ids >= C."""
+    chex.assert_rank(logits, 4)
+    chex.assert_rank(mask, 3)
+    c = logits.shape[-1]
+    mask = mask.astype(jnp.int32)
+    scored = mask >= 0
+    safe = jnp.clip(mask, 0, c - 1)
+    bad = jnp.where(mask >= c, jnp.nan, 0.0).astype(jnp.float32)
+    return jax.nn.log_softmax(logits.astype(jnp.float32), -1), safe, scored.astype(jnp.float32), bad
+
+
+def _class_weight(weights: jax.Array | float | None, safe: jax.Array) -> jax.Array | float:
+    if weights is None:
+        return 1.0
+    w = jnp.asarray(weights, jnp.float32)
+    return w[safe] if w.ndim else w
+
+
+def pixel_cross_entropy(logits: jax.Array, mask: jax.Array, *, class_weights: jax.Array | None = None,
+                        label_smoothing: float = 0.0) -> PixelLoss:
+    """Per-pixel softmax cross-entropy of ``mask`` (N, H, W) under ``logits`` (N, H, W, C),
+    summed per image over the non-ignored pixels (``PixelLoss``).
+
+    A pixel of class y with smoothing s loses ``w[y] * ((1 - s) * -log p_y + s * mean_c -log p_c)``
+    (targets ``(1 - s) * onehot + s / C``); ``class_weights`` (C,) ``w`` (default 1) scale each
+    pixel's loss by its true class's weight, as torch's ``cross_entropy(weight=w,
+    reduction='sum')`` without smoothing (with smoothing torch weights each class's smoothing term
+    by its own weight instead). ``PixelLoss.pixels`` counts pixels, not weights: torch's weighted
+    ``'mean'`` divides by ``sum(w[y])`` instead."""
+    logp, safe, scored, bad = _pixel_terms(logits, mask)
+    nll = -jnp.take_along_axis(logp, safe[..., None], -1)[..., 0]
+    if label_smoothing:
+        nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, -1)
+    loss = scored * _class_weight(class_weights, safe) * nll + bad
+    return PixelLoss(jnp.sum(loss, (1, 2)), jnp.sum(scored, (1, 2)))
+
+
+def softmax_focal_loss(logits: jax.Array, mask: jax.Array, *, gamma: float = 2.0,
+                       alpha: jax.Array | float | None = None) -> PixelLoss:
+    """Per-pixel multi-class focal loss on the softmax (Lin et al.),
+    ``alpha[y] * -(1 - p_y)^gamma * log p_y`` for a pixel of class y, summed per image over the
+    non-ignored pixels (``PixelLoss``). ``alpha``: None (1), a scalar, or per-class weights (C,).
+    ``gamma = 0`` is the (weighted) cross-entropy."""
+    logp, safe, scored, bad = _pixel_terms(logits, mask)
+    logpt = jnp.take_along_axis(logp, safe[..., None], -1)[..., 0]
+    if gamma:
+        # 1 - p_t accurately near p_t = 1; floored so that a gamma < 1 keeps a finite gradient.
+        modulator = jnp.maximum(-jnp.expm1(logpt), 1e-12) ** gamma
+    else:
+        modulator = 1.0
+    loss = scored * _class_weight(alpha, safe) * modulator * -logpt + bad
+    return PixelLoss(jnp.sum(loss, (1, 2)), jnp.sum(scored, (1, 2)))
+
+
+def dice_loss(logits: jax.Array, mask: jax.Array, *, smooth: float = 1.0) -> jax.Array:
+    """Soft multi-class Dice loss per image (N,): with softmax probabilities p and one-hot
+    targets t over the image's non-ignored pixels (ignore pixels left out of both),
+    ``1 - mean_c (2 * sum p_c t_c + s) / (sum p_c + sum t_c + s)``, the mean over all C classes
+    (a class absent from the target scores ``s / (sum p_c + s)``, so predicting it costs).
+    An image with only ignore pixels has loss 0 and zero gradient (also with ``s = 0``)."""
+    logp, safe, scored, bad = _pixel_terms(logits, mask)
+    p = jnp.exp(logp) * scored[..., None]
+    t = jax.nn.one_hot(safe, logits.shape[-1], dtype=jnp.float32) * scored[..., None]
+    inter = jnp.sum(p * t, (1, 2))
+    denom = jnp.sum(p, (1, 2)) + jnp.sum(t, (1, 2)) + smooth
+    ok = denom > 0
+    dice = jnp.where(ok, (2.0 * inter + smooth) / jnp.where(ok, denom, 1.0), 1.0)
+    return 1.0 - jnp.mean(dice, -1) + jnp.sum(bad, (1, 2))

@@ -33,10 +33,11 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int = 1) -> jax.Array:
 
 
 def confusion_matrix(predictions: jax.Array, labels: jax.Array, num_classes: int,
-                     weights: jax.Array) -> jax.Array:
-    """(C, C) float32 counts; row = true class, column = predicted class; weight-0 rows ignored."""
+                     weights: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """(C, C) counts in ``dtype``; row = true class, column = predicted class; weight-0 rows
+    ignored. Integer ``dtype`` (int32) keeps pixel counts exact past float32's 2^24."""
     idx = labels * num_classes + predictions
-    counts = jnp.zeros((num_classes * num_classes,), jnp.float32).at[idx].add(weights.astype(jnp.float32))
+    counts = jnp.zeros((num_classes * num_classes,), dtype).at[idx].add(weights.astype(dtype))
     return counts.reshape(num_classes, num_classes)
 
 
@@ -50,6 +51,46 @@ def precision_recall_f1(cm: np.ndarray) -> dict[str, np.ndarray]:
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     return {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+
+
+def pixel_confusion_matrix(pred: jax.Array, mask: jax.Array, num_classes: int, valid: jax.Array
+                           ) -> jax.Array:
+    """(C, C) int32 pixel counts (row = true class, column = predicted) of class maps ``pred``
+    (N, H, W) against ``mask`` (N, H, W); jittable (``num_classes`` static). Pixels whose mask is
+    outside [0, C) (``IGNORE_LABEL``) and every pixel of an example with ``valid`` (N,) False
+    (eval padding) are not counted."""
+    valid = jnp.asarray(valid, bool).reshape((-1,) + (1,) * (mask.ndim - 1))
+    keep = (mask >= 0) & (mask < num_classes) & valid
+    labels = jnp.where(keep, mask, 0).astype(jnp.int32).reshape(-1)
+    return confusion_matrix(pred.astype(jnp.int32).reshape(-1), labels, num_classes,
+                            keep.reshape(-1), dtype=jnp.int32)
+
+
+def segmentation_scores(cm: np.ndarray) -> dict[str, float | np.ndarray]:
+    """Semantic-segmentation scores of one (C, C) pixel confusion matrix accumulated over the
+    whole eval set (rows = ground truth, columns = prediction; ignore pixels never in it).
+
+    ``iou`` (C,): TP / (TP + FP + FN), nan for a class absent from both ground truth and
+    prediction. ``mIoU``: mean IoU over the classes present in ground truth or prediction (an
+    absent class is left out, neither 0 nor 1). ``pixel_accuracy``: trace / total.
+    ``class_accuracy`` (C,): TP / (TP + FN), nan for a class without ground-truth pixels.
+    ``mean_accuracy``: its mean over the classes present in the ground truth. ``fw_iou``:
+    sum over classes of (ground-truth pixels / total) * IoU. Every scalar is nan for an empty
+    matrix (no scored pixel)."""
+    cm = np.asarray(cm, np.float64)
+    tp, gt, pred = np.diag(cm), cm.sum(1), cm.sum(0)
+    union = gt + pred - tp
+    total = cm.sum()
+    nan = np.full_like(tp, np.nan)
+    iou = np.divide(tp, union, out=nan.copy(), where=union > 0)
+    acc = np.divide(tp, gt, out=nan.copy(), where=gt > 0)
+    present, labelled = union > 0, gt > 0
+    return {"iou": iou,
+            "mIoU": float(iou[present].mean()) if present.any() else float("nan"),
+            "pixel_accuracy": float(tp.sum() / total) if total else float("nan"),
+            "class_accuracy": acc,
+            "mean_accuracy": float(acc[labelled].mean()) if labelled.any() else float("nan"),
+            "fw_iou": float(np.sum(gt[labelled] * iou[labelled]) / total) if total else float("nan")}
 
 
 class Accumulator:

@@ -850,7 +850,7 @@ class OxfordPetsSource(_FileSource):
             name="oxford_pets", split=split,
             keys=("image", "mask", "label", "identity", "boxes", "box_classes"),
             num_classes=len(breeds), class_names=breeds, num_box_classes=len(PET_SPECIES),
-            box_class_names=tuple(PET_SPECIES),
+            box_class_names=tuple(PET_SPECIES), mask_class_names=("background", "pet"),
             num_mask_classes=2, num_identities=len(breeds))
 
     def identities(self) -> np.ndarray:

@@ -132,6 +132,7 @@ class ProceduralScenes:
         self.info = SourceInfo(
             name="procedural", split=split, keys=KEYS, num_classes=len(SHAPES),
             class_names=SHAPES, num_box_classes=len(SHAPES), num_mask_classes=len(SHAPES) + 1,
+            mask_class_names=("background",) + SHAPES,
             num_identities=len(SHAPES) * len(COLORS), max_disparity=float(self.max_disparity))
 
     def __repr__(self) -> str:

@@ -68,6 +68,7 @@ class SourceInfo:
     num_box_classes: int | None = None       # ``box_classes``
     box_class_names: tuple[str, ...] = ()    # names of the ``box_classes``; () = class_names
     num_mask_classes: int | None = None      # ``mask`` (IGNORE_LABEL not counted)
+    mask_class_names: tuple[str, ...] = ()   # names of the ``mask`` classes; () = unnamed
     num_identities: int | None = None        # ``identity``
     max_disparity: float | None = None       # largest valid disparity, pixels
 

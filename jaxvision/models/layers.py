@@ -245,6 +245,7 @@ def conv(
     padding: Any = "SAME",
     use_bias: bool = True,
     groups: int = 1,
+    dilation: int = 1,
 ) -> nn.Conv:
     """A square 2-D convolution with the model's dtypes and named kernel initializer.
 
@@ -260,12 +261,55 @@ def conv(
         padding=padding,
         use_bias=use_bias,
         feature_group_count=groups,
+        kernel_dilation=(dilation, dilation),
         dtype=dtype,
         param_dtype=param_dtype,
         kernel_init=initializer(kernel_init),
         conv_general_dilated=conv_ops.conv_general_dilated,
         name=name,
     )
+
+
+class ConvTranspose(nn.Module):
+    """A 2-D transposed convolution (``jaxvision.ops.conv.conv_transpose``: PyTorch's
+    ``ConvTranspose2d`` semantics, NHWC) with kernel (K, K, C_in, features) and optional bias.
+
+    ``init='bilinear'`` starts it as bilinear upsampling by ``stride`` (FCN; needs C_in ==
+    features and K = 2 * stride - stride % 2, padding = stride // 2), else a named initializer.
+    ``trainable=False`` keeps the bilinear kernel fixed (no parameter), as FCN's final
+    upsampling."""
+
+    features: int
+    kernel: int
+    stride: int
+    padding: int = 0
+    init: str = "he"
+    use_bias: bool = False
+    trainable: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = x.shape[-1]
+        shape = (self.kernel, self.kernel, c, self.features)
+        if self.init == "bilinear":
+            if c != self.features or self.kernel != 2 * self.stride - self.stride % 2:
+                raise ValueError(f"ConvTranspose init='bilinear' needs features == input channels "
+                                 f"({c} vs {self.features}) and kernel 2 * stride - stride % 2 "
+                                 f"({2 * self.stride - self.stride % 2}), got kernel {self.kernel}.")
+            init = lambda key, shape, dtype: conv_ops.bilinear_kernel(self.stride, c, dtype)  # noqa: E731
+        else:
+            init = initializer(self.init)
+        if self.trainable:
+            kernel = self.param("kernel", init, shape, self.param_dtype)
+        else:
+            kernel = conv_ops.bilinear_kernel(self.stride, c, self.param_dtype)
+        dtype = resolve_dtype(self.dtype)
+        y = conv_ops.conv_transpose(x.astype(dtype), kernel.astype(dtype), self.stride, self.padding)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(dtype)
+        return y
 
 
 def logits(x: Array) -> Array:

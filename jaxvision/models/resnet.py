@@ -40,6 +40,7 @@ class _Block(nn.Module):
     zero_init_residual: bool
     dtype: Any
     param_dtype: Any
+    dilation: int = 1        # of the 3x3 convolutions (DeepLab's atrous stages)
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
@@ -48,9 +49,10 @@ class _Block(nn.Module):
         bias = self.norm == "none"
 
         def conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+            d = self.dilation if kernel > 1 else 1
             return layers.conv(
                 features, kernel, name, self.dtype, self.param_dtype, self.kernel_init,
-                stride=stride, padding=kernel // 2, use_bias=bias,
+                stride=stride, padding=d * (kernel // 2), use_bias=bias, dilation=d,
             )
 
         if self.kind == "basic":
@@ -90,11 +92,15 @@ class ResNet(nn.Module):
     Published counts at 224, 1000 classes: ResNet-18 11,689,512; -34 21,797,672; -50 25,557,032.
     ResNet-20 (cifar, pad, 10 classes): 269,722.
 
+    ``output_stride`` 8 or 16 (DeepLab, Chen et al. 2017) replaces the strides of the stages that
+    would go below it by dilated 3x3 convolutions: same parameters, denser features.
+
     Params: ``conv1``, ``norm1`` (stem), ``layer{s}_{b}/conv{i}``, ``layer{s}_{b}/norm{i}``,
     ``layer{s}_{b}/downsample_conv``, ``head``. Features: ``stem``, ``layer1..layerS``, ``pool``.
     """
 
     num_classes: int = 1000
+    output_stride: int = 0   # 0: as published; 8 or 16: later stages dilate instead of striding
     stage_sizes: tuple[int, ...] = (2, 2, 2, 2)
     block: str = "basic"
     widths: tuple[int, ...] = (64, 128, 256, 512)
@@ -139,11 +145,19 @@ class ResNet(nn.Module):
             h = layers.conv(stem_width, 3, "conv1", dtype, self.param_dtype, self.kernel_init, padding=1, use_bias=bias)(h)
             h = act(make_norm("norm1")(h))
         features["stem"] = h
+        stride, dilation = (4 if self.stem == "imagenet" else 1), 1
         for s, (n_blocks, w) in enumerate(zip(self.stage_sizes, self.widths), start=1):
+            first_stride, previous = (2 if s > 1 else 1), dilation
+            if first_stride == 2 and self.output_stride and stride * 2 > self.output_stride:
+                # DeepLab (and torchvision's replace_stride_with_dilation): keep the resolution
+                # and dilate; the stage's first block keeps the previous rate.
+                first_stride, dilation = 1, dilation * 2
+            stride *= first_stride
             for b in range(n_blocks):
                 h = _Block(
                     features=layers.scaled(w, self.width),
-                    stride=2 if (s > 1 and b == 0) else 1,
+                    stride=first_stride if b == 0 else 1,
+                    dilation=previous if b == 0 else dilation,
                     kind=self.block,
                     shortcut=self.shortcut,
                     norm=self.norm,

@@ -187,3 +187,60 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         batch_group_count, precision, preferred_element_type)
     return _conv(lhs, rhs, strides, pads, dilation, precision)
+
+
+def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int | Sequence[int],
+                   padding: int | Sequence[int] = 0, output_padding: int | Sequence[int] = 0,
+                   dilation: int | Sequence[int] = 1) -> jax.Array:
+    """The transposed ("fractionally strided") convolution, PyTorch's ``ConvTranspose2d``, NHWC.
+
+    Defined as the transpose of a convolution's matrix: with ``conv`` the convolution of stride
+    ``stride``, padding ``padding`` and dilation ``dilation`` by ``kernel`` read as (KH, KW,
+    C_out, C_in) (mapping C_out channels to C_in), ``conv(z) = U z`` and this returns ``U^T x``
+    (computed as the VJP of ``conv_general_dilated``, so its gradients go through the same
+    kernel-gradient mechanism). ``x`` (N, H, W, C_in), ``kernel`` (KH, KW, C_in, C_out);
+    returns (N, Ho, Wo, C_out) with ``Ho = (H - 1) * s - 2 p + d (KH - 1) + 1 + output_padding``
+    (``output_padding`` < ``stride`` picks among the sizes that the convolution maps to H).
+    """
+    def pair(v: Any, name: str) -> tuple[int, int]:
+        out = (int(v), int(v)) if isinstance(v, int) else tuple(int(a) for a in v)
+        if len(out) != 2 or min(out) < 0:
+            raise ValueError(f"conv_transpose: {name}={v!r} must be an int >= 0 or a pair of them.")
+        return out
+
+    s, p, op, d = (pair(stride, "stride"), pair(padding, "padding"),
+                   pair(output_padding, "output_padding"), pair(dilation, "dilation"))
+    if min(s) < 1 or min(d) < 1 or op[0] >= s[0] or op[1] >= s[1]:
+        raise ValueError(f"conv_transpose: stride {s} and dilation {d} must be >= 1 and "
+                         f"output_padding {op} below the stride.")
+    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
+        raise ValueError(f"conv_transpose: x {x.shape} must be (N, H, W, C_in) and kernel "
+                         f"{kernel.shape} (KH, KW, C_in, C_out) with the same C_in.")
+    kh, kw = kernel.shape[:2]
+    out_hw = tuple((n - 1) * si - 2 * pi + di * (k - 1) + 1 + o
+                   for n, si, pi, di, k, o in zip(x.shape[1:3], s, p, d, (kh, kw), op))
+    if min(out_hw) < 1:
+        raise ValueError(f"conv_transpose: the output would be {out_hw}; lower the padding.")
+    w = jnp.swapaxes(kernel, 2, 3)  # the convolution's HWIO kernel: C_out in, C_in out
+
+    def forward(z):
+        return conv_general_dilated(z, w, s, ((p[0], p[0]), (p[1], p[1])), rhs_dilation=d,
+                                    dimension_numbers=_NHWC)
+
+    z = jnp.zeros((x.shape[0],) + out_hw + (kernel.shape[3],), jnp.result_type(x, kernel))
+    _, vjp = jax.vjp(forward, z)
+    return vjp(x.astype(z.dtype))[0]
+
+
+def bilinear_kernel(factor: int, channels: int, dtype: Any = jnp.float32) -> jax.Array:
+    """The (K, K, C, C) kernel, K = 2f - f % 2, with which ``conv_transpose(x, kernel,
+    stride=f, padding=f // 2)`` upsamples each channel f times bilinearly (FCN's
+    initialisation, Long et al., 2015): a separable tent ``1 - |i - c| / f`` (``c`` its
+    centre) on the diagonal, 0 between channels. The result (f times the input size) equals
+    half-pixel bilinear resizing (``jax.image.resize``) away from the border, where the zero
+    padding pulls values towards 0."""
+    k = 2 * factor - factor % 2
+    centre = factor - 1 if k % 2 == 1 else factor - 0.5
+    tent = 1 - jnp.abs(jnp.arange(k, dtype=jnp.float32) - centre) / factor
+    filt = (tent[:, None] * tent[None, :]).astype(dtype)
+    return filt[:, :, None, None] * jnp.eye(channels, dtype=dtype)[None, None]

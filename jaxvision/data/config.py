@@ -71,6 +71,7 @@ def data_config(name: str = "procedural") -> ml_collections.ConfigDict:
         train_classes=(),     # labels kept in data.train_split; () = all
         eval_classes=(),      # labels kept in data.eval_split; () = all (e.g. unseen classes)
         class_names=(),       # voc_xml: the object class names in class-id order; () = the 20 VOC classes
+        ignore_value=255,     # mask_folder: mask value read as IGNORE_LABEL (VOC's 255); -1 or None = none
         procedural=procedural_config(),
     ))
 

@@ -415,6 +415,14 @@ class NpzSource(_FileSource):
 _FOLDER_LAYOUT = "a folder with one subfolder per class / identity, each holding image files"
 
 
+def holdout_split(items: Sequence[Any], holdout: float, split: str) -> list:
+    """The ``train`` or ``test`` part of ``items`` (in their order): the last ``round(n *
+    holdout)`` of them, at most n - 1, are ``test``."""
+    n_test = min(len(items) - 1, int(round(len(items) * holdout)))
+    cut = len(items) - max(n_test, 0)
+    return list(items[:cut] if split == "train" else items[cut:])
+
+
 class ImageFolderSource(_FileSource):
     """``<class>/<image>`` folders; ``label`` = ``identity`` = class index.
 
@@ -455,15 +463,12 @@ class ImageFolderSource(_FileSource):
                             f"expected {_FOLDER_LAYOUT} (suffixes {', '.join(IMAGE_SUFFIXES)}).")
         every = [root / c / f for c, files in per_class for f in files]  # before the split
         if split_by == "identity" and split != "all":
-            n_test = min(len(per_class) - 1, int(round(len(per_class) * holdout)))
-            cut = len(per_class) - n_test
-            per_class = per_class[:cut] if split == "train" else per_class[cut:]
+            per_class = holdout_split(per_class, holdout, split)
         self._root = root
         self._files: list[tuple[str, int]] = []  # (relative path, class index)
         for label, (cls, files) in enumerate(per_class):
             if split_by == "image" and split != "all":
-                n_test = min(len(files) - 1, int(round(len(files) * holdout)))
-                files = files[: len(files) - n_test] if split == "train" else files[len(files) - n_test:]
+                files = holdout_split(files, holdout, split)
             self._files += [(f"{cls}/{f}", label) for f in files]
         self._n = len(self._files)
         self._channels = int(channels) or self._first_channels(every)

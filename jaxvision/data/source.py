@@ -6,7 +6,7 @@ A source is anything with ``info``, ``__len__`` and ``__getitem__(i) -> Example`
 
 * ``procedural``: the built-in scene generator (zero download, every target at once);
 * ``npz``, ``image_folder``, ``middlebury``, ``yolo``, ``oxford_pets``, ``coco_json``,
-  ``voc_xml``: local files under ``data_config.path``;
+  ``voc_xml``, ``mask_folder``: local files under ``data_config.path``;
 * any other name: a TensorFlow-Datasets dataset (``mnist``, ``cifar10``, ...; ``tfds:NAME`` also
   works), read with ``tfds.data_source`` from ``data_config.data_dir``.
 
@@ -27,9 +27,10 @@ from jaxvision.data.config import check_data_config
 from jaxvision.data.example import DataError, Example
 
 LOCAL_SOURCES = ("procedural", "npz", "image_folder", "middlebury", "yolo", "oxford_pets",
-                 "coco_json", "voc_xml")
+                 "coco_json", "voc_xml", "mask_folder")
 # Local sources that read files (procedural generates its examples).
-FILE_SOURCES = ("npz", "image_folder", "middlebury", "yolo", "oxford_pets", "coco_json", "voc_xml")
+FILE_SOURCES = ("npz", "image_folder", "middlebury", "yolo", "oxford_pets", "coco_json", "voc_xml",
+                "mask_folder")
 SKIP_HINT = "fix or remove the file, or set data.bad_examples='skip' to skip bad examples"
 
 
@@ -229,6 +230,9 @@ def build_source(config: Any, split: str) -> Source:
     elif name in ("coco_json", "voc_xml"):
         from jaxvision.data import boxfiles
         source = apply_slice(boxfiles.from_config(config, parse_split(split)[0]), split)
+    elif name == "mask_folder":
+        from jaxvision.data import maskfiles
+        source = apply_slice(maskfiles.from_config(config, parse_split(split)[0]), split)
     elif name in LOCAL_SOURCES:
         from jaxvision.data import local
         source = apply_slice(local.from_config(config, parse_split(split)[0]), split)

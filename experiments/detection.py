@@ -1,4 +1,4 @@
-"""Object detection: YOLOv1, CenterNet, RetinaNet and a two-stage Faster R-CNN on zoo backbones.
+"""Object detection: YOLOv1, CenterNet, RetinaNet, a two-stage Faster R-CNN and Mask R-CNN.
 
 Every model is trained from ``boxes`` / ``box_classes`` / ``box_valid`` and scored by the COCO
 evaluator (``evals.coco``: AP, AP50, AP75, APs/m/l, AR1/10/100, equal to pycocotools); its
@@ -93,7 +93,10 @@ def _terms(config: Any, model, out, batch: dict, image_size, key) -> dict[str, j
         return losses.retinanet_loss(out, boxes, classes, valid, alpha=float(c.alpha),
                                      gamma=float(c.gamma), box_loss=str(c.box_loss))
     keys = replica.example_keys(jax.random.fold_in(key, 1), boxes.shape[0])
-    return losses.faster_rcnn_loss(out, boxes, valid, keys)
+    terms = losses.faster_rcnn_loss(out, boxes, valid, keys)
+    if "roi_mask_logits" in out:
+        terms["mask"] = losses.mask_rcnn_loss(out, batch["instance_mask"], boxes.shape[1])
+    return terms
 
 
 def _losses(config, model, variables, batch, key, train):
@@ -353,6 +356,17 @@ def coco() -> ml_collections.ConfigDict:
     return config
 
 
+def maskrcnn_synthetic() -> ml_collections.ConfigDict:
+    """Mask R-CNN: the two-stage detector with a mask head, on the procedural instance masks.
+
+    Scored twice by the COCO evaluator: boxes (``AP``) and masks (``coco_mask/AP``, mask IoU)."""
+    config = twostage_synthetic()
+    config.data.keys = ("image", "boxes", "box_classes", "instance_mask")
+    config.model.mask_head = True
+    config.evals.coco_mask = eval_config("coco", iou_type="segm")
+    return config
+
+
 def default() -> ml_collections.ConfigDict:
     """RetinaNet on the procedural scenes, the best of the four there (benchmarks/NOTES.md, "Detection")."""
     return retinanet_synthetic()
@@ -364,6 +378,7 @@ CONFIGS = {
     "centernet_synthetic": centernet_synthetic,
     "retinanet_synthetic": retinanet_synthetic,
     "twostage_synthetic": twostage_synthetic,
+    "maskrcnn_synthetic": maskrcnn_synthetic,
     "pets_heads": pets_heads,
     "coco128": coco128,
     "voc": voc,

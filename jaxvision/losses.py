@@ -485,3 +485,26 @@ def dice_loss(logits: jax.Array, mask: jax.Array, *, smooth: float = 1.0) -> jax
     ok = denom > 0
     dice = jnp.where(ok, (2.0 * inter + smooth) / jnp.where(ok, denom, 1.0), 1.0)
     return 1.0 - jnp.mean(dice, -1) + jnp.sum(bad, (1, 2))
+
+
+def mask_rcnn_loss(out: dict, instance_mask: jax.Array, num_objects: int) -> jax.Array:
+    """Mask R-CNN's mask loss per image (N,) (He et al., 2017): on every sampled foreground RoI,
+    the mean per-pixel sigmoid cross-entropy between the mask of its object's class
+    (``roi_mask_logits`` (N, R, M, M, C)) and the object's ``instance_mask`` pixels (id k + 1
+    for object k < ``num_objects``, the padded box count) cut out by RoIAlign to M x M (aligned,
+    then thresholded at 0.5), averaged over the image's foreground RoIs (0 without any).
+    ``out`` as ``FasterRCNN(mask_head=True)`` returns it in training."""
+    from jaxvision.ops.roi import roi_align
+    logits = out["roi_mask_logits"]
+    n, r, m, _, _ = logits.shape
+    h, w = instance_mask.shape[1:]
+    ids = jnp.arange(1, num_objects + 1)[None, :, None, None]
+    binary = (instance_mask[:, None] == ids).astype(jnp.float32).reshape(n * num_objects, h, w, 1)
+    which = (jnp.arange(n)[:, None] * num_objects + out["roi_objects"]).reshape(-1)
+    target = roi_align(binary, out["rois"].reshape(-1, 4), which, m, sampling_ratio=2,
+                       aligned=True)[..., 0].reshape(n, r, m, m) >= 0.5
+    labels = out["roi_labels"]
+    chosen = jnp.take_along_axis(logits, jnp.maximum(labels - 1, 0)[:, :, None, None, None], 4)[..., 0]
+    bce = optax.sigmoid_binary_cross_entropy(chosen.astype(jnp.float32), target.astype(jnp.float32))
+    fg = (labels > 0).astype(jnp.float32)
+    return jnp.sum(fg * jnp.mean(bce, (2, 3)), 1) / jnp.maximum(jnp.sum(fg, 1), 1.0)

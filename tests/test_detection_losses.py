@@ -225,3 +225,30 @@ def test_two_stage_rois_include_the_objects_and_respect_the_positive_fraction():
     assert (labels[used & ~fg] == 0).all()
     want = B.encode(boxes[ious[fg].argmax(1)], rois[fg], ROI_BOX_WEIGHTS)
     np.testing.assert_allclose(targets[fg], want, rtol=1e-5, atol=1e-5)
+
+
+def test_paste_masks_matches_a_pixel_loop():
+    from jaxvision.ops.roi import paste_masks
+    rng = np.random.default_rng(2)
+    masks = rng.random((3, 4, 5)).astype(np.float32)
+    boxes = np.array([[2.0, 3.0, 10.0, 8.0], [0.0, 0.0, 3.5, 12.0], [-2.0, 5.0, 6.0, 20.0]], np.float32)
+    got = np.asarray(paste_masks(masks, boxes, (9, 11)))
+    want = np.zeros((3, 9, 11))
+    for k, (y0, x0, y1, x1) in enumerate(boxes):
+        mh, mw = masks.shape[1:]
+        for y in range(9):
+            for x in range(11):
+                cy, cx = y + 0.5, x + 0.5
+                if not (y0 <= cy < y1 and x0 <= cx < x1):
+                    continue
+                u = min(max((cy - y0) / (y1 - y0) * mh - 0.5, 0), mh - 1)
+                v = min(max((cx - x0) / (x1 - x0) * mw - 0.5, 0), mw - 1)
+                i, j = int(np.floor(u)), int(np.floor(v))
+                i1, j1 = min(i + 1, mh - 1), min(j + 1, mw - 1)
+                a, b = u - i, v - j
+                want[k, y, x] = ((1 - a) * (1 - b) * masks[k, i, j] + (1 - a) * b * masks[k, i, j1]
+                                 + a * (1 - b) * masks[k, i1, j] + a * b * masks[k, i1, j1])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # A constant map fills exactly the pixels whose centres are inside its box.
+    ones = np.asarray(paste_masks(np.ones((1, 2, 2), np.float32), boxes[:1], (9, 11)))[0]
+    assert ones.sum() == 7 * 5 and ones[2:9, 3:8].min() == 1.0  # rows 2..8: the image ends at 9

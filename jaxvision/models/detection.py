@@ -84,17 +84,21 @@ def _detections(boxes: Array, scores: Array, classes: Array, keep: Array) -> dic
 
 def select_detections(boxes: Array, scores: Array, classes: Array, image_size: tuple[int, int], *,
                       max_detections: int, iou_threshold: float, score_threshold: float,
-                      pre_nms: int = 1000) -> dict:
-    """Per image: candidates (P, 4) boxes, (P,) scores and classes -> the ``max_detections``
-    best after clipping to the image, ``top_k`` pre-selection of ``pre_nms`` and class-aware
-    NMS (``iou_threshold``); ``score > score_threshold`` only. Batched with ``vmap``."""
+                      pre_nms: int = 1000, return_index: bool = False) -> dict:
+    """Per image: candidates (N, P, 4) boxes, (N, P) scores and classes -> the
+    ``max_detections`` best after clipping to the image, ``top_k`` pre-selection of ``pre_nms``
+    and class-aware NMS (``iou_threshold``); ``score > score_threshold`` only. With
+    ``return_index`` also ``det_index`` (N, K): each detection's candidate index."""
     def one(b, s, c):
         b = box_ops.clip(b, *image_size)
         idx, keep = nms_ops.top_k(s, min(pre_nms, s.shape[0]), valid=s > score_threshold)
         b, s, c = b[idx], s[idx], c[idx]
         sel, ok = nms_ops.batched_nms(b, s, c, iou_threshold, max_detections, valid=keep,
                                       score_threshold=score_threshold)
-        return _detections(b[sel], jnp.where(ok, s[sel], 0.0), c[sel], ok)
+        out = _detections(b[sel], jnp.where(ok, s[sel], 0.0), c[sel], ok)
+        if return_index:
+            out["det_index"] = idx[sel]
+        return out
     return jax.vmap(one)(boxes, scores, classes)
 
 

@@ -63,6 +63,10 @@ class FasterRCNN(nn.Module):
     canonical_size: float = 224.0
     canonical_level: int = 4
     hidden: int = 256
+    mask_head: bool = False   # Mask R-CNN: a per-class mask for every RoI
+    mask_size: int = 14       # RoIAlign size of the mask branch; masks are twice that
+    mask_width: int = 64
+    mask_convs: int = 4
     kernel_init: str = "he"
     dtype: Any = jnp.float32
 
@@ -103,21 +107,21 @@ class FasterRCNN(nn.Module):
             sampled = jax.vmap(lambda k, r, rv, b, c, v: _sample_rois(
                 k, r, rv, b, c, v, self.roi_batch, self.roi_positive_fraction,
                 self.roi_foreground))(keys, rois, roi_valid, boxes, box_classes, box_valid)
-            rois, roi_valid, out["roi_labels"], out["roi_targets"] = sampled
+            rois, roi_valid, out["roi_labels"], out["roi_targets"], out["roi_objects"] = sampled
         # ---- RoI head.
         n, r = rois.shape[:2]
         flat = rois.reshape(-1, 4)
         batch_of = jnp.repeat(jnp.arange(n), r)
-        if len(feats) > 1:
-            pooled = roi_ops.multilevel_roi_align(
-                feats, [int(round(s)) for s in strides], flat, batch_of, self.roi_size,
-                sampling_ratio=self.sampling_ratio, canonical_size=self.canonical_size,
-                canonical_level=self.canonical_level)
-        else:
-            pooled = roi_ops.roi_align(feats[0], flat, batch_of, self.roi_size,
-                                       spatial_scale=1.0 / strides[0],
-                                       sampling_ratio=self.sampling_ratio)
-        h = pooled.reshape(n * r, -1)
+        def pool(size: int) -> Array:
+            if len(feats) > 1:
+                return roi_ops.multilevel_roi_align(
+                    feats, [int(round(s)) for s in strides], flat, batch_of, size,
+                    sampling_ratio=self.sampling_ratio, canonical_size=self.canonical_size,
+                    canonical_level=self.canonical_level)
+            return roi_ops.roi_align(feats[0], flat, batch_of, size, spatial_scale=1.0 / strides[0],
+                                     sampling_ratio=self.sampling_ratio)
+
+        h = pool(self.roi_size).reshape(n * r, -1)
         for i in (1, 2):
             h = nn.relu(layers.dense(self.hidden, f"fc{i}", self.dtype, jnp.float32, self.kernel_init)(h))
         c = self.num_classes
@@ -128,6 +132,16 @@ class FasterRCNN(nn.Module):
         out.update(rois=rois, roi_valid=roi_valid,
                    roi_logits=layers.logits(cls).reshape(n, r, c + 1),
                    roi_deltas=layers.logits(box).reshape(n, r, c, 4))
+        if self.mask_head:
+            # He et al. (2017): 4 x (3x3 conv, ReLU) -> 2x2 stride-2 transposed conv -> 1x1 per class.
+            m = pool(self.mask_size)
+            for i in range(self.mask_convs):
+                m = nn.relu(layers.conv(self.mask_width, 3, f"mask_conv{i + 1}", self.dtype, jnp.float32,
+                                        self.kernel_init)(m))
+            m = nn.relu(layers.ConvTranspose(self.mask_width, 2, 2, 0, use_bias=True, dtype=self.dtype,
+                                             name="mask_up")(m))
+            m = nn.Conv(c, (1, 1), dtype=self.dtype, name="mask_out")(m)
+            out["roi_mask_logits"] = layers.logits(m).reshape(n, r, 2 * self.mask_size, 2 * self.mask_size, c)
         return out
 
 
@@ -146,7 +160,8 @@ def _sample_rois(key, rois, roi_valid, boxes, classes, box_valid, batch: int, fr
                  foreground: float):
     """One image's training RoIs: proposals plus ground-truth boxes, matched to objects (IoU
     >= ``foreground``: the object's class, else background), ``sample_balanced`` to ``batch``
-    slots (unused slots get label -1)."""
+    slots (unused slots get label -1). Returns the RoIs, their use, labels, box targets and
+    matched object indices."""
     cand = jnp.concatenate([rois, boxes.astype(rois.dtype)])
     valid = jnp.concatenate([roi_valid, box_valid])
     ious = jnp.where(box_valid[None, :], box_ops.iou(cand, boxes), -1.0)
@@ -159,13 +174,15 @@ def _sample_rois(key, rois, roi_valid, boxes, classes, box_valid, batch: int, fr
     used = chosen[idx]
     roi_labels = jnp.where(used, jnp.where(fg[idx], classes[matched[idx]] + 1, 0), -1)
     targets = box_ops.encode(boxes[matched[idx]].astype(jnp.float32), cand[idx], ROI_BOX_WEIGHTS)
-    return cand[idx], used, roi_labels.astype(jnp.int32), targets
+    return cand[idx], used, roi_labels.astype(jnp.int32), targets, matched[idx].astype(jnp.int32)
 
 
 def decode_faster_rcnn(out: dict, image_size: tuple[int, int], *, max_detections: int = 100,
                        iou_threshold: float = 0.5, score_threshold: float = 0.05) -> dict:
     """Detections from ``FasterRCNN`` outputs (inference): each RoI's box for every class,
-    scored by the class's softmax probability, then ``select_detections``."""
+    scored by the class's softmax probability, then ``select_detections``. With a mask head,
+    also ``det_masks`` (N, K, H, W): each detection's class mask (sigmoid) pasted into its box
+    (``roi.paste_masks``), 0 for padding."""
     n, r, c1 = out["roi_logits"].shape
     c = c1 - 1
     probs = jax.nn.softmax(out["roi_logits"], -1)[..., 1:]                      # (N, R, C)
@@ -173,9 +190,19 @@ def decode_faster_rcnn(out: dict, image_size: tuple[int, int], *, max_detections
     rois = jnp.broadcast_to(out["rois"][:, :, None, :], (n, r, c, 4))
     boxes = box_ops.decode(out["roi_deltas"], rois, ROI_BOX_WEIGHTS).reshape(n, r * c, 4)
     classes = jnp.broadcast_to(jnp.arange(c), (n, r, c)).reshape(n, r * c)
-    return select_detections(boxes, probs.reshape(n, r * c), classes, image_size,
+    dets = select_detections(boxes, probs.reshape(n, r * c), classes, image_size,
                              max_detections=max_detections, iou_threshold=iou_threshold,
-                             score_threshold=score_threshold)
+                             score_threshold=score_threshold, return_index=True)
+    index = dets.pop("det_index")
+    if "roi_mask_logits" in out:
+        logits = out["roi_mask_logits"]                                         # (N, R, M, M, C)
+        roi, cls = index // c, index % c
+        chosen = jnp.take_along_axis(logits, roi[:, :, None, None, None], 1)   # (N, K, M, M, C)
+        chosen = jnp.take_along_axis(chosen, cls[:, :, None, None, None], 4)[..., 0]
+        masks = jax.vmap(lambda m, b: roi_ops.paste_masks(jax.nn.sigmoid(m), b, image_size))(
+            chosen, dets["det_boxes"])
+        dets["det_masks"] = jnp.where(dets["det_valid"][:, :, None, None], masks, 0.0)
+    return dets
 
 
 def level_for(size: float, canonical_size: float, canonical_level: int) -> int:

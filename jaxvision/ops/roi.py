@@ -265,3 +265,39 @@ def multilevel_roi_align(features: Sequence[Array], strides: Sequence[int], boxe
     start = per_level(offsets, jnp.int32) + jnp.clip(box_batch, 0, b - 1) * height * width
     flat = jnp.concatenate([f.astype(dtype).reshape(-1, c) for f in features], axis=0)
     return _align(flat, start, height, width, scale, boxes, oh, ow, s, aligned)
+
+
+def paste_masks(masks: Array, boxes: Array, image_size: tuple[int, int]) -> jax.Array:
+    """The inverse of ``roi_align`` for masks: each (M_h, M_w) map of ``masks`` (K, M_h, M_w)
+    (e.g. Mask R-CNN's 28 x 28 probabilities) stretched over its box (K, 4) of an image of
+    ``image_size`` (H, W). Returns (K, H, W): at every pixel whose centre lies inside the box,
+    the bilinear sample of the map at the corresponding point (map pixel centres at ``(i + 0.5)
+    / M`` of the box; samples beyond the outer centres take the edge value); 0 outside the box.
+    """
+    masks = jnp.asarray(masks)
+    boxes = jnp.asarray(boxes, jnp.float32)
+    if masks.ndim != 3 or boxes.shape != (masks.shape[0], 4):
+        raise ValueError(f"paste_masks expects masks (K, M_h, M_w) and boxes (K, 4); got "
+                         f"{masks.shape} and {boxes.shape}.")
+    h, w = int(image_size[0]), int(image_size[1])
+    k, mh, mw = masks.shape
+
+    def axis(lo, hi, n, size):  # (K, size) low / high map index, weight of high, inside box
+        centre = jnp.arange(size, dtype=jnp.float32)[None, :] + 0.5
+        extent = jnp.maximum(hi - lo, 1e-6)[:, None]
+        u = jnp.clip((centre - lo[:, None]) / extent * n - 0.5, 0, n - 1)
+        low = jnp.floor(u).astype(jnp.int32)
+        high = jnp.minimum(low + 1, n - 1)
+        return low, high, u - low, (centre >= lo[:, None]) & (centre < hi[:, None])
+
+    ylo, yhi, fy, iny = axis(boxes[:, 0], boxes[:, 2], mh, h)
+    xlo, xhi, fx, inx = axis(boxes[:, 1], boxes[:, 3], mw, w)
+    rows = jnp.arange(k)[:, None, None]
+
+    def at(r, c):
+        return masks[rows, r[:, :, None], c[:, None, :]].astype(jnp.float32)
+
+    top = at(ylo, xlo) * (1 - fx[:, None, :]) + at(ylo, xhi) * fx[:, None, :]
+    bottom = at(yhi, xlo) * (1 - fx[:, None, :]) + at(yhi, xhi) * fx[:, None, :]
+    value = top * (1 - fy[:, :, None]) + bottom * fy[:, :, None]
+    return jnp.where(iny[:, :, None] & inx[:, None, :], value, 0.0)

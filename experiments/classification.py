@@ -17,7 +17,7 @@ import numpy as np
 from jaxvision import losses, metrics, models
 from jaxvision.config import base_config
 from jaxvision.data.source import SourceInfo
-from jaxvision.experiment import Setup
+from jaxvision.experiment import Setup, apply_model
 from jaxvision.experiment import default_prepare as prepare
 
 
@@ -38,11 +38,7 @@ def build_model(config: Any, info: SourceInfo, *, axis_name: str | None = None):
 
 
 def _apply(model, variables: dict, batch: dict, config: Any, key, train: bool):
-    # flax returns (out, state) for any list, even an empty one: stateless models get False.
-    mutable = ([k for k in variables if k != "params"] if train else False) or False
-    out = model.apply(variables, prepare(config, batch), train=train,
-                      rngs={"dropout": key} if key is not None else None, mutable=mutable)
-    return out if train and mutable else (out, {})
+    return apply_model(model, variables, prepare(config, batch), train=train, key=key)
 
 
 def _metrics(logits: jax.Array, labels: jax.Array, per_example_loss: jax.Array, w: jax.Array):

@@ -26,6 +26,7 @@ from jaxvision import losses, metrics, models, replica
 from jaxvision.config import base_config
 from jaxvision.data.source import SourceInfo
 from jaxvision.evaluators import eval_config
+from jaxvision.experiment import apply_model
 from jaxvision.experiment import default_prepare as prepare
 from jaxvision.models import detection as det
 from jaxvision.models import rcnn
@@ -66,15 +67,12 @@ def build_model(config: Any, info: SourceInfo, *, axis_name: str | None = None):
 
 
 def _apply(config: Any, model, variables: dict, batch: dict, key, train: bool):
-    mutable = ([k for k in variables if k != "params"] if train else False) or False
     kwargs = {}
     if config.model.name == "faster_rcnn" and (train or key is not None):
         # The second stage trains on RoIs sampled around the ground truth.
         kwargs = dict(boxes=batch["boxes"], box_classes=batch["box_classes"],
                       box_valid=batch["box_valid"])
-    out = model.apply(variables, prepare(config, batch), train=train,
-                      rngs={"dropout": key} if key is not None else None, mutable=mutable, **kwargs)
-    return out if train and mutable else (out, {})
+    return apply_model(model, variables, prepare(config, batch), train=train, key=key, **kwargs)
 
 
 def _terms(config: Any, model, out, batch: dict, image_size, key) -> dict[str, jax.Array]:
@@ -245,18 +243,9 @@ def _base(name: str, taps: tuple[str, ...], **fields: Any) -> ml_collections.Con
         taps=taps, max_detections=100, nms_iou=0.5, score_threshold=0.01, draw_threshold=0.3,
         report_pictures=8, **fields))
     config.loss = _loss_config()
-    config.optim.name = "adam"
-    config.optim.lr = 2e-3
-    config.optim.schedule = "cosine"
-    config.optim.warmup_steps = 100
-    config.optim.grad_clip_norm = 10.0
-    config.train.batch_size = 32
-    config.train.eval_batch_size = 100
-    config.train.steps = 3000
-    config.train.eval_every = 1000
-    config.train.checkpoint_every = 500
-    config.train.log_every = 100
-    config.train.best_metric = "AP"
+    config.optim.update(dict(name="adam", lr=2e-3, schedule="cosine", warmup_steps=100, grad_clip_norm=10.0))
+    config.train.update(dict(batch_size=32, eval_batch_size=100, steps=3000, eval_every=1000,
+                             checkpoint_every=500, log_every=100, best_metric="AP"))
     config.evals = ml_collections.ConfigDict({"coco": eval_config("coco"), "eval": eval_config("metrics")})
     return config
 

@@ -25,6 +25,7 @@ from jaxvision import losses, metrics, models
 from jaxvision.config import base_config
 from jaxvision.data.source import SourceInfo
 from jaxvision.evaluators import eval_config
+from jaxvision.experiment import apply_model
 from jaxvision.experiment import default_prepare as prepare
 from jaxvision.models import segmentation as seg
 
@@ -61,10 +62,7 @@ def build_model(config: Any, info: SourceInfo, *, axis_name: str | None = None):
 
 
 def _apply(config: Any, model, variables: dict, batch: dict, key, train: bool):
-    mutable = ([k for k in variables if k != "params"] if train else False) or False
-    out = model.apply(variables, prepare(config, batch), train=train,
-                      rngs={"dropout": key} if key is not None else None, mutable=mutable)
-    return out if train and mutable else (out, {})
+    return apply_model(model, variables, prepare(config, batch), train=train, key=key)
 
 
 def _losses(config: Any, logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
@@ -194,17 +192,9 @@ def _base(name: str, **fields: Any) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(name=name, report_pictures=6, **fields))
     config.loss = ml_collections.ConfigDict(dict(class_weights=(), label_smoothing=0.0,
                                                  dice_weight=0.0, focal_gamma=0.0))
-    config.optim.name = "adam"
-    config.optim.lr = 2e-3
-    config.optim.schedule = "cosine"
-    config.optim.warmup_steps = 100
-    config.train.batch_size = 32
-    config.train.eval_batch_size = 100
-    config.train.steps = 3000
-    config.train.eval_every = 1000
-    config.train.checkpoint_every = 500
-    config.train.log_every = 100
-    config.train.best_metric = "mIoU"
+    config.optim.update(dict(name="adam", lr=2e-3, schedule="cosine", warmup_steps=100))
+    config.train.update(dict(batch_size=32, eval_batch_size=100, steps=3000, eval_every=1000,
+                             checkpoint_every=500, log_every=100, best_metric="mIoU"))
     config.evals = ml_collections.ConfigDict({"segmentation": eval_config("segmentation"),
                                               "eval": eval_config("metrics")})
     return config

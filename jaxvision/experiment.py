@@ -61,6 +61,21 @@ def default_prepare(config: Any, batch: dict) -> jax.Array:
     return image.astype(dtype)
 
 
+def apply_model(model: Any, variables: dict, inputs: Any, *, train: bool, key: jax.Array | None = None,
+                **kwargs: Any) -> tuple[Any, dict]:
+    """``model.apply(variables, inputs, train=train, ...)`` -> ``(outputs, new_model_state)``.
+
+    In training every collection but ``params`` (batch statistics) is mutable and its update is
+    returned; in evaluation (or for a stateless model) the state is ``{}``. ``key`` feeds the
+    ``dropout`` rng stream (also what samplers inside models draw from); ``kwargs`` go to the
+    model."""
+    # flax returns (out, state) for any list, even an empty one: stateless models get False.
+    mutable = ([k for k in variables if k != "params"] if train else False) or False
+    out = model.apply(variables, inputs, train=train, mutable=mutable,
+                      rngs={"dropout": key} if key is not None else None, **kwargs)
+    return out if mutable else (out, {})
+
+
 @dataclasses.dataclass(frozen=True)
 class Setup:
     """What an experiment builds once per run on the host (see the module docstring).

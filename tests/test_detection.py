@@ -115,3 +115,12 @@ def test_too_many_boxes_and_foreign_classes_are_clear_errors(tmp_path):
     config.model.name = "yolo"
     with pytest.raises(ValueError, match="detectors: yolo_v1, centernet, retinanet, faster_rcnn"):
         loop.train(config, tmp_path / "c", experiment=load_experiment(SPEC), progress=False)
+
+
+@pytest.mark.parametrize("name", ["voc", "coco"])
+def test_tfds_configs_without_the_data_give_the_prepare_command(name, tmp_path):
+    from jaxvision.data.source import build_source
+    config = get_config(f"{SPEC}:{name}")
+    config.data.data_dir = str(tmp_path)
+    with pytest.raises(DataError, match="data prepare"):
+        build_source(config.data, config.data.train_split)

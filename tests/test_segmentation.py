@@ -145,3 +145,16 @@ def test_each_model_trains_and_is_scored(name, tmp_path):
     assert names[:2] == ["background", "disk"]
     if name.startswith("unet"):
         assert (tmp_path / "segmentations.png").stat().st_size > 1000
+
+
+def test_constant_class_baselines_score_the_class_frequencies():
+    from jaxvision.tools.mask_baseline import constant_baselines
+    config = _tiny("unet_synthetic")
+    out = constant_baselines(config)
+    acc = np.array([out[k]["pixel_accuracy"] for k in range(7)])
+    assert acc.sum() == pytest.approx(1.0) and acc[0] > 0.5  # background is most of a scene
+    present = acc > 0
+    # Predicting class k: IoU(k) = its frequency, every other present class 0 (and counted).
+    for k in np.flatnonzero(present):
+        assert out[k]["mIoU"] == pytest.approx(acc[k] / present.sum())
+        assert out[k]["mean_accuracy"] == pytest.approx(1 / present.sum())

@@ -251,8 +251,15 @@ def _base(name: str, taps: tuple[str, ...], **fields: Any) -> ml_collections.Con
 
 
 def yolo_synthetic() -> ml_collections.ConfigDict:
-    """YOLOv1 (8 x 8 grid, 2 boxes per cell) on the procedural scenes."""
-    return _base("yolo_v1", ("stage4",), grid=8, num_boxes=2, hidden=512, dropout=0.5)
+    """YOLOv1 (8 x 8 grid, 2 boxes per cell, the paper's fully connected head) on the procedural scenes."""
+    return _base("yolo_v1", ("stage4",), grid=8, num_boxes=2, hidden=512, dropout=0.5, head="fc")
+
+
+def yolo_conv_synthetic() -> ml_collections.ConfigDict:
+    """YOLOv1's grid, loss and decoding with a convolutional head (per-cell 3x3 and 1x1)."""
+    config = yolo_synthetic()
+    config.model.update(dict(head="conv", hidden=128, dropout=0.0))
+    return config
 
 
 def centernet_synthetic() -> ml_collections.ConfigDict:
@@ -364,6 +371,7 @@ def default() -> ml_collections.ConfigDict:
 CONFIGS = {
     "default": default,
     "yolo_synthetic": yolo_synthetic,
+    "yolo_conv_synthetic": yolo_conv_synthetic,
     "centernet_synthetic": centernet_synthetic,
     "retinanet_synthetic": retinanet_synthetic,
     "twostage_synthetic": twostage_synthetic,

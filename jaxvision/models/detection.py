@@ -107,8 +107,10 @@ def select_detections(boxes: Array, scores: Array, classes: Array, image_size: t
 
 class YOLOv1(nn.Module):
     """YOLOv1 (Redmon et al., 2016): backbone -> 3x3 convolution -> pooled to a ``grid`` x
-    ``grid`` map -> fully connected ``hidden`` -> dropout -> fully connected
-    ``grid * grid * (5 * num_boxes + num_classes)``, leaky ReLU (slope 0.1) throughout, a linear
+    ``grid`` map -> with ``head='fc'`` (the paper's) fully connected ``hidden`` -> dropout ->
+    fully connected ``grid * grid * (5 * num_boxes + num_classes)``; with ``head='conv'`` a
+    3x3 convolution of ``hidden`` channels and a 1x1 one to ``5B + C`` per cell (each cell sees
+    its own neighbourhood, as YOLOv2 onwards). Leaky ReLU (slope 0.1) throughout, a linear
     output. Returns (N, S, S, 5B + C) float32: per cell, B predictors ``[ty, tx, sqrt_h, sqrt_w,
     confidence]`` then C class probabilities (see ``losses.yolo_v1_loss``)."""
 
@@ -120,19 +122,27 @@ class YOLOv1(nn.Module):
     head_width: int = 128
     hidden: int = 512
     dropout: float = 0.5
+    head: str = "fc"
     kernel_init: str = "he"
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
+        if self.head not in ("fc", "conv"):
+            raise ValueError(f"YOLOv1 head must be 'fc' (the paper's) or 'conv', got {self.head!r}.")
         feat = backbone_features(self.backbone, x, train, self.taps)[-1]
         act = lambda h: nn.leaky_relu(h, 0.1)  # noqa: E731
         h = act(layers.conv(self.head_width, 3, "head_conv", self.dtype, jnp.float32, self.kernel_init)(feat))
         h = layers.adaptive_avg_pool(h, (self.grid, self.grid))
+        depth = 5 * self.num_boxes + self.num_classes
+        if self.head == "conv":
+            h = act(layers.conv(self.hidden, 3, "conv1", self.dtype, jnp.float32, self.kernel_init)(h))
+            out = nn.Conv(depth, (1, 1), dtype=self.dtype, name="conv2",
+                          kernel_init=nn.initializers.normal(0.01))(h)
+            return layers.logits(out)
         h = h.reshape(h.shape[0], -1)
         h = act(layers.dense(self.hidden, "fc1", self.dtype, jnp.float32, self.kernel_init)(h))
         h = layers.Dropout(self.dropout)(h, deterministic=not train)
-        depth = 5 * self.num_boxes + self.num_classes
         out = nn.Dense(self.grid * self.grid * depth, dtype=self.dtype, name="fc2",
                        kernel_init=nn.initializers.normal(0.01))(h)
         return layers.logits(out).reshape(-1, self.grid, self.grid, depth)

@@ -214,14 +214,15 @@ def test_two_stage_rois_include_the_objects_and_respect_the_positive_fraction():
     proposals = np.stack([y, x, y + rng.uniform(4, 20, 30), x + rng.uniform(4, 20, 30)], -1).astype(np.float32)
     boxes = np.array([[5, 5, 20, 20], [30, 30, 50, 45], [0, 0, 0, 0]], np.float32)
     classes, valid = np.array([2, 0, 0]), np.array([True, True, False])
-    rois, used, labels, targets = jax.jit(_sample_rois, static_argnums=(6, 7, 8))(
+    out = jax.jit(_sample_rois, static_argnums=(6, 7, 8))(
         jax.random.key(0), proposals, np.ones(30, bool), boxes, classes, valid, 16, 0.25, 0.5)
-    rois, used, labels, targets = map(np.asarray, (rois, used, labels, targets))
+    rois, used, labels, targets, objects = map(np.asarray, out)
     assert used.sum() == 16 and 2 <= (labels[used] > 0).sum() <= 4 and (labels[~used] == -1).all()
     # The ground-truth boxes are candidates too, so both objects can be sampled as positives.
     ious = B.iou(rois, boxes[:2])
     fg = used & (ious.max(1) >= 0.5)
     np.testing.assert_array_equal(labels[fg], classes[ious[fg].argmax(1)] + 1)
+    np.testing.assert_array_equal(objects[fg], ious[fg].argmax(1))  # the mask head's object
     assert (labels[used & ~fg] == 0).all()
     want = B.encode(boxes[ious[fg].argmax(1)], rois[fg], ROI_BOX_WEIGHTS)
     np.testing.assert_allclose(targets[fg], want, rtol=1e-5, atol=1e-5)

@@ -222,7 +222,7 @@ def test_build_evaluators_defaults_and_errors():
     assert (a.name, a.split, b.name, b.ks, b.every, b.batch_size) == (
         "a", "train[:10]", "b", (1, 5), 0, 8)
     config.evals.b.type = "mAP"
-    with pytest.raises(ConfigError, match="types: metrics, confusion, retrieval"):
+    with pytest.raises(ConfigError, match="types: metrics, confusion, segmentation, retrieval"):
         E.build_evaluators(config)
     with pytest.raises(ConfigError, match="unknown key.*nearest"):
         E.Retrieval("r", split="t", batch_size=1, every=0, nearest=3)

@@ -1,12 +1,15 @@
 """Detection runs side by side with the random-box baseline on the same eval split.
 
-    python benchmarks/detection.py --workdir /tmp/det/retinanet_synthetic [--workdir ...] [--no-eval]
+    python benchmarks/detection.py --workdir /tmp/det/retinanet_synthetic [--workdir ...] [--time-eval]
 
 For each finished run: its final COCO metrics (``metrics.jsonl``), the training wall time and
-images/s (from the train log times, evaluations and checkpoints included), and, unless
-``--no-eval``, the time of one evaluation of the best checkpoint (``loop.evaluate_checkpoint``,
-compilation included and then alone on a second call). The last row of each data set is the
-random-box baseline (``jaxvision/tools/box_baseline.py``) on that run's eval split.
+images/s (from the train log times, evaluations and checkpoints included), the time of its
+last evaluation (from the log: the eval record's time minus the train record's of the same
+step; the run's first evaluation includes compiling the evaluators), and with
+``--time-eval`` one more evaluation of the latest checkpoint timed here
+(``loop.evaluate_checkpoint``, compilation included, then a second call without). The last row
+of each data set is the random-box baseline (``jaxvision/tools/box_baseline.py``) on that run's
+eval split.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def _rows(workdir: Path) -> tuple[list[dict], list[dict]]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workdir", action="append", required=True)
-    p.add_argument("--no-eval", action="store_true")
+    p.add_argument("--time-eval", action="store_true")
     a = p.parse_args()
     out, baselines = [], {}
     for w in map(Path, a.workdir):
@@ -41,16 +44,18 @@ def main() -> None:
         wall = train[-1]["time"]
         ips = (train[-1]["step"] - train[0]["step"]) * int(config.train.batch_size) / (
             train[-1]["time"] - train[0]["time"])
+        before = [r for r in train if r["step"] == last["step"]]
         row = {"run": w.name, "model": str(config.model.name), "steps": steps, "train_min": wall / 60,
-               "img_s": ips, **{k: last[k] for k in KEYS}}
-        if not a.no_eval:
+               "img_s": ips, **{k: last[k] for k in KEYS},
+               "eval_s": last["time"] - before[0]["time"] if before else float("nan")}
+        if a.time_eval:
             from jaxvision.train import loop
             t = time.perf_counter()
             loop.evaluate_checkpoint(config, w)
             row["eval_s_first"] = time.perf_counter() - t
             t = time.perf_counter()
             loop.evaluate_checkpoint(config, w)
-            row["eval_s"] = time.perf_counter() - t
+            row["eval_s_again"] = time.perf_counter() - t
         out.append(row)
         data_key = (str(config.data.name), str(config.data.eval_split), str(config.data.eval_pp),
                     json.dumps(config.data.procedural.to_dict(), sort_keys=True))
@@ -59,7 +64,8 @@ def main() -> None:
             baselines[data_key] = {"run": f"random boxes ({config.data.name})", "model": "baseline",
                                    "steps": 0, "train_min": 0.0, "img_s": 0.0,
                                    **{k: base[k] for k in KEYS}}
-    cols = ["run", "model", "steps", "train_min", "img_s", *KEYS] + ([] if a.no_eval else ["eval_s_first", "eval_s"])
+    cols = ["run", "model", "steps", "train_min", "img_s", *KEYS, "eval_s"] + (
+        ["eval_s_first", "eval_s_again"] if a.time_eval else [])
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in out + list(baselines.values()):
         print("| " + " | ".join(f"{r.get(c, ''):.3f}" if isinstance(r.get(c), float) else str(r.get(c, ""))

@@ -103,8 +103,8 @@ def test_yolo_v1_loss_terms_equal_a_cell_by_cell_loop():
                       [[0, 0, 0, 0]] * 4], np.float32)
     classes = np.array([[0, 1, 2, 0], [0, 0, 0, 0]], np.int32)
     valid = np.array([[True, True, True, False], [False] * 4])
-    got = losses.yolo_v1_loss(jnp.asarray(pred), jnp.asarray(boxes), jnp.asarray(classes),
-                              jnp.asarray(valid), size, num_boxes=b)
+    got = jax.jit(losses.yolo_v1_loss, static_argnums=4, static_argnames="num_boxes")(
+        jnp.asarray(pred), jnp.asarray(boxes), jnp.asarray(classes), jnp.asarray(valid), size, num_boxes=b)
     for n in range(2):
         want = _yolo_loop(pred[n], boxes[n], classes[n], valid[n], size, s, b, 5.0, 0.5)
         for k, v in want.items():
@@ -115,7 +115,8 @@ def test_yolo_v1_loss_terms_equal_a_cell_by_cell_loop():
 
 def test_yolo_targets_decode_back_to_the_boxes():
     boxes = jnp.asarray([[[2.0, 3.0, 10.0, 20.0], [30, 30, 60, 50]]])
-    t = T.yolo_v1_targets(boxes, jnp.asarray([[1, 0]]), jnp.asarray([[True, True]]), (64, 64), 4, 2)
+    t = jax.jit(T.yolo_v1_targets, static_argnums=(3, 4, 5))(
+        boxes, jnp.asarray([[1, 0]]), jnp.asarray([[True, True]]), (64, 64), 4, 2)
     pred = jnp.concatenate([t.offset, t.sqrt_size, jnp.ones_like(t.offset[..., :1])], -1)[:, :, :, None, :]
     decoded = np.asarray(T.yolo_v1_boxes(pred, (64, 64)))[0, :, :, 0]
     has = np.asarray(t.has_object[0]) > 0
@@ -137,8 +138,8 @@ def test_gaussian_radius_matches_cornernet_and_heatmap_peaks_at_centres():
     for h, w in ((4.0, 4.0), (10.0, 3.0), (25.0, 40.0)):
         assert float(T.gaussian_radius(jnp.asarray(h), jnp.asarray(w))) == pytest.approx(radius(h, w), rel=1e-5)
     boxes = jnp.asarray([[[8.0, 8.0, 40.0, 40.0], [0.0, 40.0, 20.0, 64.0], [0, 0, 0, 0]]])
-    t = T.centernet_targets(boxes, jnp.asarray([[2, 0, 1]]), jnp.asarray([[True, True, False]]),
-                            (16, 16), 4, 3)
+    t = jax.jit(T.centernet_targets, static_argnums=(3, 4, 5))(
+        boxes, jnp.asarray([[2, 0, 1]]), jnp.asarray([[True, True, False]]), (16, 16), 4, 3)
     heat = np.asarray(t.heatmap[0])
     assert heat[6, 6, 2] == 1.0 and heat[2, 13, 0] == 1.0   # centres (24, 24) / 4 and (10, 52) / 4
     assert heat[..., 1].max() == 0.0                       # the padding row paints nothing
@@ -190,7 +191,7 @@ def test_retinanet_loss_equals_a_numpy_version():
     classes, valid = np.array([[1, 0]]), np.array([[True, True]])
     out = {"logits": jnp.asarray(rng.normal(size=(1, 4, 2)), jnp.float32),
            "deltas": jnp.asarray(rng.normal(0, 0.1, (1, 4, 4)), jnp.float32), "anchors": jnp.asarray(anchors)}
-    got = losses.retinanet_loss(out, jnp.asarray(boxes), jnp.asarray(classes), jnp.asarray(valid))
+    got = jax.jit(losses.retinanet_loss)(out, jnp.asarray(boxes), jnp.asarray(classes), jnp.asarray(valid))
     from jaxvision.ops import boxes as B
     ious = B.iou(anchors, boxes[0])
     best, matched = ious.max(1), ious.argmax(1)
@@ -233,7 +234,8 @@ def test_paste_masks_matches_a_pixel_loop():
     rng = np.random.default_rng(2)
     masks = rng.random((3, 4, 5)).astype(np.float32)
     boxes = np.array([[2.0, 3.0, 10.0, 8.0], [0.0, 0.0, 3.5, 12.0], [-2.0, 5.0, 6.0, 20.0]], np.float32)
-    got = np.asarray(paste_masks(masks, boxes, (9, 11)))
+    paste = jax.jit(paste_masks, static_argnums=2)
+    got = np.asarray(paste(masks, boxes, (9, 11)))
     want = np.zeros((3, 9, 11))
     for k, (y0, x0, y1, x1) in enumerate(boxes):
         mh, mw = masks.shape[1:]
@@ -251,5 +253,5 @@ def test_paste_masks_matches_a_pixel_loop():
                                  + a * (1 - b) * masks[k, i1, j] + a * b * masks[k, i1, j1])
     np.testing.assert_allclose(got, want, atol=1e-6)
     # A constant map fills exactly the pixels whose centres are inside its box.
-    ones = np.asarray(paste_masks(np.ones((1, 2, 2), np.float32), boxes[:1], (9, 11)))[0]
+    ones = np.asarray(paste(np.ones((1, 2, 2), np.float32), boxes[:1], (9, 11)))[0]
     assert ones.sum() == 7 * 5 and ones[2:9, 3:8].min() == 1.0  # rows 2..8: the image ends at 9

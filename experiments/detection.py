@@ -58,9 +58,7 @@ def build_model(config: Any, info: SourceInfo, *, axis_name: str | None = None):
     if m.name not in DETECTORS:
         raise ValueError(f"model.name={m.name!r} is not a detector; detectors: {', '.join(DETECTORS)}.")
     dtype = jnp.bfloat16 if config.train.mixed_precision else jnp.float32
-    bb = {k: v for k, v in m.backbone.items() if k != "name"}
-    bb.setdefault("num_classes", 1)  # the backbone's classifier head is unused
-    backbone = models.build_model(m.backbone.name, dtype=dtype, **bb)
+    backbone = models.build_backbone(m.backbone, dtype)
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in m.items() if k not in _OWN_KEYS}
     return DETECTORS[m.name](backbone=backbone, num_classes=_num_classes(config, info), dtype=dtype,
                              **kwargs)

@@ -55,9 +55,7 @@ def build_model(config: Any, info: SourceInfo, *, axis_name: str | None = None):
     dtype = jnp.bfloat16 if config.train.mixed_precision else jnp.float32
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in m.items() if k not in _OWN_KEYS}
     if m.name != "unet":
-        bb = {k: v for k, v in m.backbone.items() if k != "name"}
-        bb.setdefault("num_classes", 1)  # the backbone's classifier head is unused
-        kwargs["backbone"] = models.build_model(m.backbone.name, dtype=dtype, **bb)
+        kwargs["backbone"] = models.build_backbone(m.backbone, dtype)
     return SEGMENTERS[m.name](num_classes=_num_classes(config, info), dtype=dtype, **kwargs)
 
 

@@ -141,3 +141,15 @@ __all__ = [
     "Linear", "MLP", "SmallCNN", "LeNet5", "AlexNet", "VGG", "ResNet", "GoogLeNet", "InceptionBlock",
     "DenseNet", "resnet_config", "knn_predict", "knn_neighbors", "summarize", "format_table",
 ]
+
+
+def build_backbone(spec: Mapping[str, Any], dtype: Any = None) -> nn.Module:
+    """The zoo model a detector or segmenter reads feature maps from: ``spec`` is its config
+    (``name`` and fields, e.g. ``config.model.backbone``); its classifier head is unused, so
+    it gets one output unless ``spec`` says otherwise."""
+    fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(spec).items() if k != "name"}
+    fields.setdefault("num_classes", 1)
+    if dtype is not None:
+        fields["dtype"] = dtype
+    return build_model(str(spec["name"]), **fields)
+

@@ -26,7 +26,7 @@ from jaxvision import losses, metrics, models, replica
 from jaxvision.config import base_config
 from jaxvision.data.source import SourceInfo
 from jaxvision.evaluators import eval_config
-from jaxvision.experiment import apply_model
+from jaxvision.experiment import apply_model, model_kwargs, output_classes
 from jaxvision.experiment import default_prepare as prepare
 from jaxvision.models import detection as det
 from jaxvision.models import rcnn
@@ -39,18 +39,6 @@ _OWN_KEYS = ("name", "backbone", "max_detections", "nms_iou", "score_threshold",
              "draw_threshold", "report_pictures")
 
 
-def _num_classes(config: Any, info: SourceInfo) -> int:
-    data = info.num_box_classes or config.data.get("num_classes", None)
-    if not data:
-        raise ValueError(f"data '{info.name}' has no object classes (num_box_classes); detection "
-                         "needs 'boxes' and 'box_classes' (data.keys).")
-    want = int(config.model.get("num_classes", 0) or 0)
-    if want and want < data:
-        raise ValueError(f"model.num_classes={want} is below the data's {data} object classes; "
-                         f"box_classes up to {data - 1} would have no output. Set it to 0 (= the data's).")
-    return want or int(data)
-
-
 def build_model(config: Any, info: SourceInfo, *, axis_name: str | None = None):
     """The detector ``model.name`` on the zoo backbone ``model.backbone``."""
     del axis_name
@@ -59,9 +47,9 @@ def build_model(config: Any, info: SourceInfo, *, axis_name: str | None = None):
         raise ValueError(f"model.name={m.name!r} is not a detector; detectors: {', '.join(DETECTORS)}.")
     dtype = jnp.bfloat16 if config.train.mixed_precision else jnp.float32
     backbone = models.build_backbone(m.backbone, dtype)
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in m.items() if k not in _OWN_KEYS}
-    return DETECTORS[m.name](backbone=backbone, num_classes=_num_classes(config, info), dtype=dtype,
-                             **kwargs)
+    classes = output_classes(config, info.num_box_classes, "object classes (num_box_classes)")
+    return DETECTORS[m.name](backbone=backbone, num_classes=classes, dtype=dtype,
+                             **model_kwargs(m, _OWN_KEYS))
 
 
 def _apply(config: Any, model, variables: dict, batch: dict, key, train: bool):
@@ -194,14 +182,8 @@ def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
 def _picture(config: Any, workdir: Path, info: SourceInfo, count: int) -> None:
     """Draws the first ``count`` eval images with the run's detections and their ground truth."""
     from jaxvision import viz
-    from jaxvision.data.pipeline import make_loader
-    from jaxvision.inference import load_predictor
-    predictor = load_predictor(workdir, None, config=config)
-    loader = make_loader(config.data, str(config.data.eval_split), global_batch=count, mode="eval", seed=0)
-    batch = next(iter(loader))
-    n = int(np.sum(batch["valid"]))
-    examples = [{k: batch[k][i] for k in ("image",)} for i in range(n)]
-    outs = predictor(examples)
+    from jaxvision.inference import predict_eval_batch
+    batch, outs = predict_eval_batch(workdir, config, count)
     panels = []
     for i, out in enumerate(outs):
         keep = np.asarray(out["det_valid"], bool)

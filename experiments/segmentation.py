@@ -25,25 +25,13 @@ from jaxvision import losses, metrics, models
 from jaxvision.config import base_config
 from jaxvision.data.source import SourceInfo
 from jaxvision.evaluators import eval_config
-from jaxvision.experiment import apply_model
+from jaxvision.experiment import apply_model, model_kwargs, output_classes
 from jaxvision.experiment import default_prepare as prepare
 from jaxvision.models import segmentation as seg
 
 SEGMENTERS = {"fcn": seg.FCN, "unet": seg.UNet, "deeplab": seg.DeepLabV3}
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # the real data sets
 _OWN_KEYS = ("name", "backbone", "num_classes", "report_pictures")
-
-
-def _num_classes(config: Any, info: SourceInfo) -> int:
-    data = info.num_mask_classes or config.data.get("num_classes", None)
-    if not data:
-        raise ValueError(f"data '{info.name}' has no 'mask' classes (num_mask_classes); "
-                         "segmentation needs a per-pixel 'mask' (data.keys).")
-    want = int(config.model.get("num_classes", 0) or 0)
-    if want and want < data:
-        raise ValueError(f"model.num_classes={want} is below the data's {data} mask classes. "
-                         "Set it to 0 (= the data's).")
-    return want or int(data)
 
 
 def build_model(config: Any, info: SourceInfo, *, axis_name: str | None = None):
@@ -53,10 +41,11 @@ def build_model(config: Any, info: SourceInfo, *, axis_name: str | None = None):
     if m.name not in SEGMENTERS:
         raise ValueError(f"model.name={m.name!r} is not a segmenter; segmenters: {', '.join(SEGMENTERS)}.")
     dtype = jnp.bfloat16 if config.train.mixed_precision else jnp.float32
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in m.items() if k not in _OWN_KEYS}
+    kwargs = model_kwargs(m, _OWN_KEYS)
     if m.name != "unet":
         kwargs["backbone"] = models.build_backbone(m.backbone, dtype)
-    return SEGMENTERS[m.name](num_classes=_num_classes(config, info), dtype=dtype, **kwargs)
+    classes = output_classes(config, info.num_mask_classes, "'mask' classes (num_mask_classes)")
+    return SEGMENTERS[m.name](num_classes=classes, dtype=dtype, **kwargs)
 
 
 def _apply(config: Any, model, variables: dict, batch: dict, key, train: bool):
@@ -160,13 +149,8 @@ def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
 def _pictures(config: Any, workdir: Path, count: int) -> None:
     from PIL import Image
     from jaxvision import viz
-    from jaxvision.data.pipeline import make_loader
-    from jaxvision.inference import load_predictor
-    predictor = load_predictor(workdir, None, config=config)
-    batch = next(iter(make_loader(config.data, str(config.data.eval_split), global_batch=count,
-                                  mode="eval", seed=0)))
-    n = int(np.sum(batch["valid"]))
-    outs = predictor([{"image": batch["image"][i]} for i in range(n)])
+    from jaxvision.inference import predict_eval_batch
+    batch, outs = predict_eval_batch(workdir, config, count)
     rows = []
     for i, out in enumerate(outs):
         image = viz.image_for_display(batch["image"][i])
@@ -225,13 +209,16 @@ def default() -> ml_collections.ConfigDict:
 
 def _pets(config: ml_collections.ConfigDict, size: int = 128) -> ml_collections.ConfigDict:
     """Oxford-IIIT Pet trimaps (pet / background, the border ignored) of ../shared/data: the
-    trainval list trains, the test list scores; images and masks resized to ``size``."""
+    trainval list trains, the test list scores; images resized to ``size``. The ``segmentation``
+    evaluator scores at each trimap's own resolution (``full_res_mask``: the largest test image
+    is 1600 x 1646); the ``eval`` loss and pixel accuracy are at ``size``."""
     config.data.name, config.data.path = "oxford_pets", str(SHARED / "oxford_pets")
     config.data.train_split, config.data.eval_split = "train", "test"
-    config.data.eval_pp = f"resize({size})"
+    config.data.eval_pp = f"full_res_mask(1664)|resize({size})"
     config.data.train_pp = f"resize({size})|random_scale({size}, scale=(0.8, 1.2))|flip_lr"
     config.data.input_shape, config.data.num_classes = (size, size, 3), 2
-    config.train.batch_size, config.train.eval_batch_size = 16, 50
+    config.evals.segmentation.mask = "mask_full"
+    config.train.batch_size, config.train.eval_batch_size = 16, 16
     config.train.steps, config.train.eval_every, config.train.checkpoint_every = 1500, 500, 500
     config.train.log_every = 50
     return config
@@ -259,6 +246,10 @@ def unet_oxford_iiit_pet() -> ml_collections.ConfigDict:
     the border ignored), 128 x 128; prepare the data first (the error gives the command)."""
     config = _pets(unet_synthetic())
     config.data.name, config.data.path = "oxford_iiit_pet", None
+    # Scored at 128 px: TFDS images have no size bound to size a full-resolution canvas by
+    # (add 'full_res_mask(N)|' in front of data.eval_pp and set evals.segmentation.mask).
+    config.data.eval_pp, config.evals.segmentation.mask = "resize(128)", "mask"
+    config.train.eval_batch_size = 50
     config.train.steps = 20000
     config.train.eval_every = config.train.checkpoint_every = 2000
     return config

@@ -244,11 +244,17 @@ class Segmentation(GatherEvaluator):
     padding logic of its own. It costs 4 * C^2 bytes per example (1.7 kB at C = 21, 90 kB at
     C = 150), far below the 8 * H * W bytes of sending class maps and masks. The host adds them
     into an int64 matrix. The class count is the logits' last axis, fixed at trace time. A mask id
-    outside [0, C) other than ``IGNORE_LABEL`` (e.g. VOC's 255 not converted) is an error."""
+    outside [0, C) other than ``IGNORE_LABEL`` (e.g. VOC's 255 not converted) is an error.
+
+    Labels at the file's resolution: with ``mask='mask_full'`` and the ``full_res_mask``
+    transform first in ``data.eval_pp``, each example's logits are resized to its own
+    ``mask_size`` (H_i, W_i) in the top-left of the mask canvas (the rest is ``IGNORE_LABEL``),
+    so images of different sizes are scored at their original resolution in one batch."""
 
     options = {"logits": "mask_logits", "mask": "mask"}
     predict_keys = ("logits",)
     batch_keys = ("mask",)
+    optional_batch_keys = ("mask_size",)
 
     num_classes: int | None = None
 
@@ -263,7 +269,9 @@ class Segmentation(GatherEvaluator):
         self.num_classes = c = int(logits.shape[-1])
         n, h, w = mask.shape
         logits = logits.astype(jnp.float32)
-        if logits.shape[1:3] != (h, w):
+        if "mask_size" in outputs:
+            logits = _resize_each(logits, outputs["mask_size"], (h, w))
+        elif logits.shape[1:3] != (h, w):
             logits = jax.image.resize(logits, (n, h, w, c), "bilinear")
         pred = jnp.argmax(logits, -1).astype(jnp.int32)
         mask = mask.astype(jnp.int32)
@@ -295,6 +303,19 @@ class Segmentation(GatherEvaluator):
         scores = segmentation_scores(cm)
         return {**{k: scores[k] for k in self.metric_names({}) if k != "confusion_matrix"},
                 "confusion_matrix": cm}
+
+
+def _resize_each(logits: jax.Array, sizes: jax.Array, canvas: tuple[int, int]) -> jax.Array:
+    """(N, h, w, C) logits -> (N, *canvas, C): example i bilinearly resized to ``sizes[i]``
+    (H_i, W_i) in the top-left corner (as ``jax.image.resize`` to that size would give; the
+    rest of the canvas holds edge values that only ``IGNORE_LABEL`` pixels meet)."""
+    h, w = logits.shape[1:3]
+
+    def one(x, size):
+        scale = size.astype(jnp.float32) / jnp.array([h, w], jnp.float32)
+        return jax.image.scale_and_translate(x, canvas + x.shape[-1:], (0, 1), scale,
+                                             jnp.zeros(2, jnp.float32), "linear")
+    return jax.vmap(one)(logits, sizes)
 
 
 class _Embeddings(GatherEvaluator):

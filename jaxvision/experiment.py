@@ -76,6 +76,29 @@ def apply_model(model: Any, variables: dict, inputs: Any, *, train: bool, key: j
     return out if mutable else (out, {})
 
 
+def output_classes(config: Any, data_classes: int | None, what: str) -> int:
+    """The model's class count: ``config.model.num_classes`` when set (> 0), else the data's
+    ``data_classes`` (falling back to ``config.data.num_classes``). ``what`` names the target in
+    errors (e.g. "'mask' classes (num_mask_classes)"). Raises ValueError when neither is known
+    or the model asks for fewer classes than the data has."""
+    data = data_classes or config.data.get("num_classes", None)
+    if not data:
+        raise ValueError(f"the data has no {what}; check data.keys (the task's targets) or set "
+                         "data.num_classes.")
+    want = int(config.model.get("num_classes", 0) or 0)
+    if want and want < data:
+        raise ValueError(f"model.num_classes={want} is below the data's {data} {what}: class ids "
+                         f"up to {data - 1} would have no output. Set it to 0 (= the data's).")
+    return want or int(data)
+
+
+def model_kwargs(model_config: Any, own_keys: tuple[str, ...]) -> dict:
+    """``config.model`` minus the keys the experiment reads itself (``own_keys``), as keyword
+    arguments for the model class (lists turned into tuples, as flax fields hash)."""
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in model_config.items()
+            if k not in own_keys}
+
+
 @dataclasses.dataclass(frozen=True)
 class Setup:
     """What an experiment builds once per run on the host (see the module docstring).

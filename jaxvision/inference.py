@@ -34,6 +34,8 @@ from jaxvision.data.source import SourceInfo
 MODEL_INFO = "model_info.json"
 # Eval pipelines starting with one of these accept images of any size.
 _RESIZING = ("resize", "resize_short", "random_resized_crop")
+# Steps that touch only labels (skipped when looking for that first resize).
+_LABEL_ONLY = ("full_res_mask",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +110,9 @@ def read_model_info(workdir: str | Path, config: Any) -> ModelInfo:
 def starts_with_resize(eval_pp: str) -> bool:
     """Whether the pipeline's first step resizes (so it takes images of any size)."""
     from jaxvision.data.pp import _split_steps
-    first = next((s.strip() for s in _split_steps(eval_pp or "") if s.strip()), "")
-    return first.split("(")[0].strip() in _RESIZING
+    names = [s.split("(")[0].strip() for s in _split_steps(eval_pp or "") if s.strip()]
+    first = next((n for n in names if n not in _LABEL_ONLY), "")
+    return first in _RESIZING
 
 
 class Predictor:
@@ -193,3 +196,17 @@ def load_predictor(workdir: str | Path, checkpoint: Any = "latest", *, config: A
     variables, step = read_variables(workdir, checkpoint)
     return Predictor(config, exp, model_info, variables, step, batch_size)
 
+
+
+def predict_eval_batch(workdir: str | Path, config: Any, count: int,
+                       checkpoint: Any = None) -> tuple[dict, list[dict[str, np.ndarray]]]:
+    """The first ``count`` examples of the run's eval split (as the eval loader gives them:
+    a batch dict of numpy arrays) and the run's ``predict`` outputs for each valid one (a list,
+    shorter than ``count`` when the split is). For the pictures of an experiment's report."""
+    from jaxvision.data.pipeline import make_loader
+    predictor = load_predictor(workdir, checkpoint, config=config)
+    loader = make_loader(config.data, str(config.data.eval_split), global_batch=count, mode="eval",
+                         seed=0)
+    batch = next(iter(loader))
+    n = int(np.sum(batch["valid"]))
+    return batch, predictor([{"image": batch["image"][i]} for i in range(n)])

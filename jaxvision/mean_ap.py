@@ -318,25 +318,17 @@ def voc_ap(gt: Mapping[str, Any], dt: Mapping[str, Any], num_classes: int, *,
             continue
         dsel = np.flatnonzero(dcls == k)
         dsel = dsel[np.argsort(-dscore[dsel], kind="stable")]
-        tp, fp = np.zeros(len(dsel)), np.zeros(len(dsel))
-        used = np.zeros(ng, bool)
-        for i, j in enumerate(dsel):
-            cand = gsel[gimg[gsel] == dimg[j]]
-            if cand.size == 0:
-                fp[i] = 1
-                continue
-            ov = _group_ious(dboxes[j][None, None], gboxes[cand][None], np.zeros((1, len(cand)), bool))[0, 0]
-            best = int(np.argmax(ov))
-            if ov[best] > iou_threshold:
-                g = cand[best]
-                if diff[g]:
-                    continue
-                if not used[g]:
-                    tp[i], used[g] = 1, True
-                else:
-                    fp[i] = 1
-            else:
-                fp[i] = 1
+        best, overlap = _best_overlap(dimg[dsel], dboxes[dsel], gimg[gsel], gboxes[gsel])
+        hit = overlap > iou_threshold
+        hit_diff = hit & diff[gsel[np.maximum(best, 0)]]          # neither TP nor FP
+        # The devkit walks detections in score order and marks a ground truth used at its first
+        # match; a detection's best ground truth does not depend on that state, so the first
+        # detection (in score order) per ground truth is the TP and later ones are FPs.
+        tp = np.zeros(len(dsel))
+        cand = np.flatnonzero(hit & ~hit_diff)
+        _, first = np.unique(best[cand], return_index=True)
+        tp[cand[first]] = 1
+        fp = (~hit_diff).astype(np.float64) - tp
         tp, fp = np.cumsum(tp), np.cumsum(fp)
         rec = tp / npos
         prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
@@ -344,6 +336,32 @@ def voc_ap(gt: Mapping[str, Any], dt: Mapping[str, Any], num_classes: int, *,
     present = ~np.isnan(aps)
     return {"mAP": float(aps[present].mean()) if present.any() else float("nan"),
             "AP_per_class": aps}
+
+
+def _best_overlap(dimg: np.ndarray, dboxes: np.ndarray, gimg: np.ndarray, gboxes: np.ndarray,
+                  chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Per detection, the position (in ``gboxes``) of the ground truth of its image that it
+    overlaps most (the first on ties, as ``argmax``) and that IoU; (-1, -1.0) when its image
+    has none. Ground truths are padded per image, and detections go in chunks of ``chunk``."""
+    best, overlap = np.full(len(dimg), -1), np.full(len(dimg), -1.0)
+    if len(dimg) == 0 or len(gimg) == 0:
+        return best, overlap
+    order = np.argsort(gimg, kind="stable")
+    imgs, start, count = np.unique(gimg[order], return_index=True, return_counts=True)
+    slot = np.full((len(imgs), int(count.max())), -1)
+    rank = np.arange(len(order)) - np.repeat(start, count)
+    slot[np.repeat(np.arange(len(imgs)), count), rank] = order       # (images, max gt) positions
+    row = np.searchsorted(imgs, dimg)
+    has = (row < len(imgs)) & (imgs[np.minimum(row, len(imgs) - 1)] == dimg)
+    for lo in range(0, len(dimg), chunk):
+        sel = np.flatnonzero(has[lo:lo + chunk]) + lo
+        pos = slot[row[sel]]                                         # (d, max gt)
+        ious = _group_ious(dboxes[sel][:, None], gboxes[np.maximum(pos, 0)],
+                           np.zeros(pos.shape, bool))[:, 0]
+        ious = np.where(pos >= 0, ious, -np.inf)
+        j = np.argmax(ious, 1)
+        best[sel], overlap[sel] = pos[np.arange(len(sel)), j], ious[np.arange(len(sel)), j]
+    return best, overlap
 
 
 def _voc_integrate(rec: np.ndarray, prec: np.ndarray, eleven_point: bool) -> float:

@@ -3,4 +3,4 @@
 # Extra arguments go to pytest (e.g. -k loader).
 EXTRAS=test source "$(dirname "$0")/_venv.sh"
 cd "$ROOT"
-python -m pytest -q "$@"
+python -m pytest -q --durations=30 "$@"

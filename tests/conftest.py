@@ -33,3 +33,29 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def _shrink(config, *, size: int = 32, num: int = 8, steps: int = 6):
+    """An experiment config cut down for a test run in place (and returned): ``num`` procedural
+    ``size``-px train and eval scenes without augmentation (the same images every step, so the
+    loss must fall), batches of ``num``, ``steps`` steps logged each, one eval at the end, no
+    warm-up, synchronous checkpoints, and without the ``eval`` loss evaluator (each evaluator
+    costs a compilation)."""
+    p = config.data.procedural
+    p.image_size, p.num_train, p.num_eval = size, num, num
+    config.data.input_shape = (size, size, 3)
+    config.data.train_pp = ""
+    config.train.batch_size = config.train.eval_batch_size = num
+    config.train.steps, config.train.log_every = steps, 1
+    config.train.eval_every = config.train.checkpoint_every = 0
+    config.train.async_checkpoint = False
+    config.optim.warmup_steps = 0
+    if "eval" in config.evals:
+        del config.evals["eval"]
+    return config
+
+
+@pytest.fixture(scope="session")
+def shrink():
+    """``shrink(config, size=32, num=8, steps=6)``: a task config cut down for a test run."""
+    return _shrink

@@ -22,25 +22,16 @@ SPEC = "experiments/detection.py"
 MODELS = ("yolo_synthetic", "centernet_synthetic", "retinanet_synthetic", "maskrcnn_synthetic")
 
 
-def _tiny(name: str):
-    config = get_config(f"{SPEC}:{name}")
-    p = config.data.procedural
-    p.image_size, p.num_train, p.num_eval, p.max_objects = 32, 8, 8, 2
-    config.data.input_shape = (32, 32, 3)
-    config.data.train_pp = ""  # the same 8 images every step: the loss must fall
+def _tiny(shrink, name: str):
+    config = shrink(get_config(f"{SPEC}:{name}"))
+    config.data.procedural.max_objects = 2
     config.model.backbone.widths = (8, 8, 16, 16)
     for key, value in (("width", 16), ("head_width", 16), ("hidden", 32), ("grid", 4), ("head_depth", 1),
                        ("roi_batch", 16), ("post_nms_train", 16), ("post_nms_test", 8), ("pre_nms", 64)):
         if key in config.model:
             config.model[key] = value
     config.model.max_detections = 10
-    config.train.batch_size = config.train.eval_batch_size = 8
-    config.train.steps, config.train.log_every = 6, 1
-    config.train.eval_every = config.train.checkpoint_every = 0
-    config.train.async_checkpoint = False
-    config.optim.warmup_steps = 0
     # Every evaluator and picture costs a compilation: the COCO one always, the rest once.
-    del config.evals["eval"]
     if name == "centernet_synthetic":
         config.evals.voc = eval_config("voc")
         config.evals.eval = eval_config("metrics")
@@ -53,9 +44,9 @@ def _tiny(name: str):
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def run(request, tmp_path_factory):
+def run(request, tmp_path_factory, shrink):
     workdir = tmp_path_factory.mktemp(request.param)
-    config = _tiny(request.param)
+    config = _tiny(shrink, request.param)
     results = loop.train(config, workdir, experiment=load_experiment(SPEC), progress=False)
     return request.param, config, workdir, results
 
@@ -96,25 +87,25 @@ def test_predict_draws_boxes_on_image_files(run, tmp_path):
     assert Image.open(out / line["picture"]).size[0] >= 256
 
 
-def test_random_box_baseline_scores_near_zero_and_repeats():
+def test_random_box_baseline_scores_near_zero_and_repeats(shrink):
     from jaxvision.tools.box_baseline import random_boxes
-    config = _tiny("centernet_synthetic")
+    config = _tiny(shrink, "centernet_synthetic")
     config.data.procedural.num_eval = 40
     a, b = random_boxes(config, seed=3), random_boxes(config, seed=3)
     assert a["AP"] == b["AP"] and a["eval_images"] == 40
     assert 0 <= a["AP50"] < 0.2 and 0 <= a["voc_mAP"] < 0.2
 
 
-def test_too_many_boxes_and_foreign_classes_are_clear_errors(tmp_path):
-    config = _tiny("centernet_synthetic")
+def test_too_many_boxes_and_foreign_classes_are_clear_errors(tmp_path, shrink):
+    config = _tiny(shrink, "centernet_synthetic")
     config.data.max_boxes = 1
     with pytest.raises(DataError, match=r"data.max_boxes=1.*--config.data.max_boxes=2"):
         loop.train(config, tmp_path / "a", experiment=load_experiment(SPEC), progress=False)
-    config = _tiny("centernet_synthetic")
+    config = _tiny(shrink, "centernet_synthetic")
     config.model.num_classes = 3
-    with pytest.raises(ValueError, match="model.num_classes=3 is below the data's 6 object classes"):
+    with pytest.raises(ValueError, match="model.num_classes=3 is below the data.s 6 object classes"):
         loop.train(config, tmp_path / "b", experiment=load_experiment(SPEC), progress=False)
-    config = _tiny("centernet_synthetic")
+    config = _tiny(shrink, "centernet_synthetic")
     config.model.name = "yolo"
     with pytest.raises(ValueError, match="detectors: yolo_v1, centernet, retinanet, faster_rcnn"):
         loop.train(config, tmp_path / "c", experiment=load_experiment(SPEC), progress=False)

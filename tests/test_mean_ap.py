@@ -178,6 +178,74 @@ def test_voc_ap_hand_worked():
     assert miss["mAP"] == 0.0
 
 
+def _voc_devkit_loop(gt, dt, k, thr):
+    """The devkit's VOCevaldet for one class as a plain loop: detections by score, each against
+    the ground truths of its image (best IoU, first on ties), a used ground truth makes an FP,
+    a difficult one neither. Returns the tp and fp flags in score order."""
+    gsel = [i for i in range(len(gt["class"])) if gt["class"][i] == k]
+    dsel = sorted((i for i in range(len(dt["class"])) if dt["class"][i] == k),
+                  key=lambda i: -dt["score"][i])
+    used, tp, fp = set(), [], []
+    for j in dsel:
+        best, ov = None, -1.0
+        for g in gsel:
+            if gt["image"][g] != dt["image"][j]:
+                continue
+            a, b = dt["boxes"][j], gt["boxes"][g]
+            ih = max(min(a[2], b[2]) - max(a[0], b[0]), 0)
+            iw = max(min(a[3], b[3]) - max(a[1], b[1]), 0)
+            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ih * iw
+            iou = ih * iw / union if union > 0 else 0.0
+            if iou > ov:
+                best, ov = g, iou
+        if best is not None and ov > thr:
+            if gt["difficult"][best]:
+                continue
+            tp.append(best not in used)
+            fp.append(best in used)
+            used.add(best)
+        else:
+            tp.append(False)
+            fp.append(True)
+    return np.array(tp, float), np.array(fp, float), sum(not gt["difficult"][g] for g in gsel)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_voc_ap_matches_the_devkit_loop_on_random_scenes(seed):
+    rng = np.random.default_rng(seed)
+    c, images = 3, 12
+    gt = {"image": [], "class": [], "boxes": [], "difficult": []}
+    dt = {"image": [], "class": [], "boxes": [], "score": []}
+    for i in range(images):
+        for _ in range(rng.integers(0, 5)):
+            y, x = rng.uniform(0, 40, 2)
+            box = [y, x, y + rng.uniform(4, 20), x + rng.uniform(4, 20)]
+            gt["image"].append(i), gt["class"].append(int(rng.integers(c)))
+            gt["boxes"].append(box), gt["difficult"].append(bool(rng.random() < 0.2))
+            for _ in range(rng.integers(0, 4)):                  # duplicates near the object
+                dt["image"].append(i), dt["class"].append(gt["class"][-1])
+                dt["boxes"].append(list(np.array(box) + rng.normal(0, 2, 4)))
+                dt["score"].append(float(rng.random()))
+        for _ in range(rng.integers(0, 3)):                      # background detections
+            y, x = rng.uniform(0, 40, 2)
+            dt["image"].append(i), dt["class"].append(int(rng.integers(c)))
+            dt["boxes"].append([y, x, y + 8, x + 8]), dt["score"].append(float(rng.random()))
+    out = mean_ap.voc_ap(gt, dt, c, iou_threshold=0.5)
+    for k in range(c):
+        tp, fp, npos = _voc_devkit_loop(gt, dt, k, 0.5)
+        if npos == 0:
+            assert np.isnan(out["AP_per_class"][k])
+            continue
+        rec = np.cumsum(tp) / npos
+        prec = np.cumsum(tp) / np.maximum(np.cumsum(tp) + np.cumsum(fp), 1e-300)
+        mrec, mpre = [0.0, *rec, 1.0], [0.0, *prec, 0.0]
+        for i in range(len(mpre) - 2, -1, -1):
+            mpre[i] = max(mpre[i], mpre[i + 1])
+        want = sum((mrec[i + 1] - mrec[i]) * mpre[i + 1] for i in range(len(mrec) - 1)
+                   if mrec[i + 1] != mrec[i])
+        assert out["AP_per_class"][k] == pytest.approx(want, abs=1e-12), k
+
+
 def test_coco_evaluator_gathers_padded_batches_for_boxes_and_masks():
     from jaxvision.evaluators import CocoDetection, VocDetection
     rng = np.random.default_rng(7)

@@ -109,12 +109,8 @@ def test_fcn_starts_as_bilinear_upsampling_of_the_coarsest_score():
     assert "up_final" not in variables["params"]  # the last upsampling is fixed bilinear
 
 
-def _tiny(name: str):
-    config = get_config(f"{SPEC}:{name}")
-    p = config.data.procedural
-    p.image_size, p.num_train, p.num_eval = 32, 8, 8
-    config.data.input_shape = (32, 32, 3)
-    config.data.train_pp = ""
+def _tiny(shrink, name: str):
+    config = shrink(get_config(f"{SPEC}:{name}"))
     m = config.model
     if name.startswith("unet"):
         m.widths = (8, 16, 16)
@@ -123,20 +119,14 @@ def _tiny(name: str):
     else:
         m.backbone.width, m.width, m.rates = 0.125, 8, (1, 2)
         m.backbone.stage_sizes = (1, 1, 1, 1)  # one block per stage: a quarter of the compile
-    config.train.batch_size = config.train.eval_batch_size = 8
-    config.train.steps, config.train.log_every = 6, 1
-    config.train.eval_every = config.train.checkpoint_every = 0
-    config.train.async_checkpoint = False
-    config.optim.warmup_steps = 0
-    del config.evals["eval"]
     m.report_pictures = 4 if name.startswith("unet") else 0
     return config
 
 
 # DeepLab's forward shapes are tested above; training it too costs a ResNet compile (suite time).
 @pytest.mark.parametrize("name", ["unet_synthetic", "fcn8s_synthetic"])
-def test_each_model_trains_and_is_scored(name, tmp_path):
-    results = loop.train(_tiny(name), tmp_path, experiment=load_experiment(SPEC), progress=False)
+def test_each_model_trains_and_is_scored(name, tmp_path, shrink):
+    results = loop.train(_tiny(shrink, name), tmp_path, experiment=load_experiment(SPEC), progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r["loss"] for r in rows if r.get("split") == "train"]
     assert len(train) == 6 and train[-1] < train[0], (name, train)
@@ -148,9 +138,9 @@ def test_each_model_trains_and_is_scored(name, tmp_path):
         assert (tmp_path / "segmentations.png").stat().st_size > 1000
 
 
-def test_constant_class_baselines_score_the_class_frequencies():
+def test_constant_class_baselines_score_the_class_frequencies(shrink):
     from jaxvision.tools.mask_baseline import constant_baselines
-    config = _tiny("unet_synthetic")
+    config = _tiny(shrink, "unet_synthetic")
     out = constant_baselines(config)
     acc = np.array([out[k]["pixel_accuracy"] for k in range(7)])
     assert acc.sum() == pytest.approx(1.0) and acc[0] > 0.5  # background is most of a scene
@@ -159,3 +149,17 @@ def test_constant_class_baselines_score_the_class_frequencies():
     for k in np.flatnonzero(present):
         assert out[k]["mIoU"] == pytest.approx(acc[k] / present.sum())
         assert out[k]["mean_accuracy"] == pytest.approx(1 / present.sum())
+
+
+def test_pets_configs_score_at_the_trimaps_own_resolution(shared_data):
+    """The pets eval batch keeps each trimap at its file's size (``mask_full`` on one canvas,
+    ``mask_size``) beside the 128-px model input, and the evaluator reads ``mask_full``."""
+    from jaxvision.data.pipeline import make_loader
+    config = get_config(f"{SPEC}:unet_pets")
+    assert config.evals.segmentation.mask == "mask_full"
+    batch = next(iter(make_loader(config.data, "test", global_batch=2, mode="eval", seed=0)))
+    assert batch["image"].shape == (2, 128, 128, 3) and batch["mask"].shape == (2, 128, 128)
+    assert batch["mask_full"].shape == (2, 1664, 1664)
+    for full, (h, w) in zip(batch["mask_full"], batch["mask_size"]):
+        assert h > 128 and w > 128 and (full[:h, :w] != -1).any()
+        assert (full[h:] == -1).all() and (full[:, w:] == -1).all()

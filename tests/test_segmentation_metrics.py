@@ -131,6 +131,58 @@ def test_evaluator_upsamples_low_resolution_logits_before_argmax():
     assert not np.array_equal(_numpy_scores(nearest, mask, c)[0], cm)
 
 
+def _bilinear_up(x, h, w):
+    """Half-pixel-centre bilinear upsampling of (h0, w0, C) to (h, w, C), edges clamped: a
+    plain loop (torch's align_corners=False; no antialiasing applies when enlarging)."""
+    h0, w0 = x.shape[:2]
+    out = np.zeros((h, w, x.shape[2]))
+    for i in range(h):
+        for j in range(w):
+            sy, sx = (i + 0.5) * h0 / h - 0.5, (j + 0.5) * w0 / w - 0.5
+            y0, x0 = int(np.floor(sy)), int(np.floor(sx))
+            fy, fx = sy - y0, sx - x0
+            for dy, wy in ((0, 1 - fy), (1, fy)):
+                for dx, wx in ((0, 1 - fx), (1, fx)):
+                    yy, xx = min(max(y0 + dy, 0), h0 - 1), min(max(x0 + dx, 0), w0 - 1)
+                    out[i, j] += wy * wx * x[yy, xx]
+    return out
+
+
+def test_full_res_mask_scores_each_image_at_its_own_resolution():
+    """Masks of three sizes: ``full_res_mask`` pads them onto one canvas, the evaluator resizes
+    each prediction to its own size; equal to scoring every image alone at its size."""
+    from jaxvision.data.transforms import TRANSFORMS, resize
+    rng = np.random.default_rng(7)
+    c, sizes, low = 3, [(13, 9), (8, 8), (11, 16)], (6, 6)
+    pp = TRANSFORMS["full_res_mask"](16)
+    batch = {"mask_logits": [], "mask_full": [], "mask_size": []}
+    preds, masks = [], []
+    for h, w in sizes:
+        _, mask = _random_masks(rng, 1, h, w, c)
+        ex = pp({"image": np.zeros((h, w, 3), np.uint8), "mask": mask[0]}, rng)
+        ex = resize(ex, *low)                                   # the model input; mask_full stays
+        assert ex["mask"].shape == low and ex["mask_full"].shape == (16, 16)
+        logits = rng.normal(size=low + (c,)).astype(np.float32)
+        batch["mask_logits"].append(logits)
+        batch["mask_full"].append(ex["mask_full"])
+        batch["mask_size"].append(ex["mask_size"])
+        preds.append(_bilinear_up(logits, h, w).argmax(-1).ravel())
+        masks.append(mask[0].ravel())
+    batch = {k: np.stack(v) for k, v in batch.items()}
+    ev = Segmentation("seg", split="test", batch_size=3, every=0, mask="mask_full")
+    out = jax.jit(ev.transform)(batch)
+    ev.reset()
+    ev.update(jax.device_get(out))
+    got = ev.compute()
+    cm, want = _numpy_scores(np.concatenate(preds), np.concatenate(masks), c)
+    np.testing.assert_array_equal(got["confusion_matrix"], cm)
+    _assert_scores(got, want)
+    assert got["confusion_matrix"].sum() == sum((m != IGNORE_LABEL).sum() for m in masks)
+    with pytest.raises(ValueError, match=r"full_res_mask\(20\)"):
+        pp({"image": np.zeros((20, 4, 3), np.uint8), "mask": np.zeros((20, 4), np.int32)}, rng)
+    assert pp({"image": np.zeros((20, 4, 3), np.uint8)}, rng).keys() == {"image"}
+
+
 def test_evaluator_rejects_out_of_range_ids_and_bad_shapes():
     from jaxvision.config import ConfigError
     ev = Segmentation("seg", split="test", batch_size=2, every=0)

@@ -350,6 +350,33 @@ class RandomScale(_Spec):
         return crop(example, top, left, h, w)
 
 
+@register("full_res_mask")
+@dataclasses.dataclass(frozen=True)
+class FullResMask(_Spec):
+    """Keeps the label at the file's resolution for scoring: adds ``mask_full`` (canvas_h,
+    canvas_w) int32, the ``mask`` as read in the top-left corner of a ``canvas`` of
+    ``IGNORE_LABEL`` (so examples of any size batch together), and ``mask_size`` (2,) int32, the
+    mask's (H, W). Later transforms leave both alone (they move only ``SPATIAL_KEYS``), so put it
+    first in ``data.eval_pp``: ``'full_res_mask(512)|resize(128)'``. The ``segmentation``
+    evaluator with ``mask='mask_full'`` then resizes each prediction to its ``mask_size`` and
+    scores at the label's own resolution. Without a ``mask`` (``predict`` on a user's image) it
+    does nothing; a mask larger than the canvas is an error giving the size to set."""
+
+    size: int | tuple[int, int]
+
+    def __call__(self, example: Example, rng: np.random.Generator) -> Example:
+        if "mask" not in example:
+            return example
+        mask = np.asarray(example["mask"])
+        (ch, cw), (h, w) = self.size, mask.shape
+        if h > ch or w > cw:
+            raise ValueError(f"full_res_mask: a {h}x{w} mask does not fit the {ch}x{cw} canvas; "
+                             f"raise it in data.eval_pp, e.g. 'full_res_mask({max(h, w)})'.")
+        full = np.full((ch, cw), IGNORE_LABEL, np.int32)
+        full[:h, :w] = mask
+        return {**example, "mask_full": full, "mask_size": np.array([h, w], np.int32)}
+
+
 @register("center_crop")
 @dataclasses.dataclass(frozen=True)
 class CenterCrop(_Spec):

@@ -58,7 +58,7 @@ import numpy as np
 from jaxvision.config import ConfigError
 from jaxvision.data.example import IGNORE_LABEL
 from jaxvision.metrics import (Accumulator, pixel_confusion_matrix, precision_recall_f1,
-                               segmentation_scores)
+                               segmentation_scores, stereo_counts, stereo_scores)
 from jaxvision.retrieval import (knn_accuracy, kmeans_nmi, retrieval_metrics, verification_metrics,
                                  verification_pairs)
 
@@ -541,6 +541,73 @@ class VocDetection(_Detections):
         return {"voc_mAP": out["mAP"], "voc_AP_per_class": out["AP_per_class"]}
 
 
+class Stereo(GatherEvaluator):
+    """Disparity errors (``metrics.stereo_scores``, ``../shared/reference/conventions.md``):
+    ``EPE`` (px), ``bad0.5``, ``bad1``, ``bad2``, ``bad3`` and KITTI's ``D1`` (percent), pooled
+    over every valid ground-truth pixel of the split, or the mean of per-image scores with
+    ``per_image``; plus ``EPE_per_image`` and ``bad2_per_image`` (N,) in eval order (e.g. one
+    row per Middlebury pair). When the batch also has the right view's ground truth
+    ``disparity_right``, the same scores on the non-occluded pixels (``EPE_noc``, ...): those
+    whose left-right check of the two ground-truth maps passes within ``occlusion_tolerance``.
+
+    Reads ``predict()[prediction]`` (N, h, w) and ``batch[target]`` (N, H, W) (negative = no
+    ground truth). A prediction of another size is resized bilinearly to (H, W) and its values
+    scaled by W / w. A negative (invalid) prediction is scored as disparity 0, so a sparse
+    method pays for its holes (the density is not reported separately)."""
+
+    options = {"prediction": "pred_disparity", "target": "disparity", "per_image": False,
+               "occlusion_tolerance": 1.0}
+    predict_keys = ("prediction",)
+    batch_keys = ("target",)
+    optional_batch_keys = ("disparity_right",)
+
+    def transform(self, outputs):
+        from jaxvision.ops.stereo import left_right_check
+        pred, gt = outputs[self.prediction], outputs[self.target]
+        if pred.ndim != 3 or gt.ndim != 3 or pred.shape[0] != gt.shape[0]:
+            raise ConfigError(f"evals.{self.name}: needs predict()[{self.prediction!r}] (N, h, w) "
+                              f"disparities (evals.{self.name}.prediction) and batch[{self.target!r}] "
+                              f"(N, H, W) (evals.{self.name}.target); got {pred.shape} and {gt.shape}.")
+        n, h, w = gt.shape
+        pred = pred.astype(jnp.float32)
+        if pred.shape[1:] != (h, w):
+            pred = jax.image.resize(pred, (n, h, w), "bilinear") * (w / pred.shape[2])
+        pred = jnp.maximum(pred, 0.0)
+        valid = gt >= 0
+        out = stereo_counts(pred, gt, valid)
+        if "disparity_right" in outputs and outputs["disparity_right"].shape == gt.shape:
+            noc = left_right_check(gt.astype(jnp.float32), outputs["disparity_right"].astype(jnp.float32),
+                                   float(self.occlusion_tolerance)) >= 0
+            out.update({f"{k}_noc": v for k, v in stereo_counts(pred, gt, valid & noc).items()})
+        return out
+
+    def metric_names(self, output_shapes):
+        names = ["EPE", "bad0.5", "bad1", "bad2", "bad3", "D1"]
+        noc = [f"{k}_noc" for k in names] if "pixels_noc" in output_shapes else []
+        return names + noc + ["EPE_per_image", "bad2_per_image"]
+
+    def reset(self):
+        self._counts: dict[str, list] = {}
+
+    def update(self, outputs):
+        for k, v in outputs.items():
+            self._counts.setdefault(k, []).append(np.asarray(v, np.float64))
+
+    def compute(self):
+        counts = {k: np.concatenate(v) for k, v in self._counts.items()}
+        if not counts:
+            counts = {k: np.zeros(0) for k in ("pixels", "abs_error", "bad0.5", "bad1", "bad2",
+                                               "bad3", "d1")}
+        out = stereo_scores(counts, per_image=bool(self.per_image))
+        if "pixels_noc" in counts:
+            noc = {k[:-4]: v for k, v in counts.items() if k.endswith("_noc")}
+            out.update({f"{k}_noc": v for k, v in stereo_scores(noc, bool(self.per_image)).items()})
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["EPE_per_image"] = counts["abs_error"] / counts["pixels"]
+            out["bad2_per_image"] = 100 * counts["bad2"] / counts["pixels"]
+        return out
+
+
 EVALUATORS: dict[str, type[Evaluator]] = {
     "metrics": MeanMetrics,
     "confusion": Confusion,
@@ -549,6 +616,7 @@ EVALUATORS: dict[str, type[Evaluator]] = {
     "verification": Verification,
     "coco": CocoDetection,
     "voc": VocDetection,
+    "stereo": Stereo,
 }
 
 DEFAULT_NAME = "eval"

@@ -93,6 +93,44 @@ def segmentation_scores(cm: np.ndarray) -> dict[str, float | np.ndarray]:
             "fw_iou": float(np.sum(gt[labelled] * iou[labelled]) / total) if total else float("nan")}
 
 
+BAD_THRESHOLDS = (0.5, 1.0, 2.0, 3.0)  # bad-k: error above k pixels
+
+
+def stereo_counts(pred: jax.Array, gt: jax.Array, valid: jax.Array) -> dict[str, jax.Array]:
+    """Per-image sums for the stereo scores (``stereo_scores``), (N,) float32 each: ``pixels``
+    (valid ground truth), ``abs_error`` (sum of |pred - gt|), ``bad<k>`` (pixels with error >
+    k for k in ``BAD_THRESHOLDS``, named ``bad0.5``, ``bad1``, ...) and ``d1`` (KITTI's outlier:
+    error > 3 px and > 5% of the true disparity). ``pred``, ``gt`` (N, H, W) pixels, ``valid``
+    (N, H, W) bool: the pixels to score."""
+    v = valid.astype(jnp.float32)
+    err = jnp.abs(pred.astype(jnp.float32) - gt.astype(jnp.float32))
+    err = jnp.where(valid, err, 0.0)
+    out = {"pixels": jnp.sum(v, (1, 2)), "abs_error": jnp.sum(err, (1, 2))}
+    for k in BAD_THRESHOLDS:
+        out[f"bad{k:g}"] = jnp.sum(v * (err > k), (1, 2))
+    out["d1"] = jnp.sum(v * ((err > 3.0) & (err > 0.05 * jnp.abs(gt))), (1, 2))
+    return out
+
+
+def stereo_scores(counts: Mapping[str, np.ndarray], per_image: bool = False) -> dict[str, float]:
+    """``EPE`` (px), ``bad0.5`` / ``bad1`` / ``bad2`` / ``bad3`` and ``D1`` (percent of pixels)
+    from ``stereo_counts`` of a whole split (each (N,)). Pooled over all valid pixels of all
+    images (the KITTI devkit's and Middlebury's rule), or with ``per_image`` the mean over
+    images of each image's score (images without a valid pixel left out). nan without any."""
+    pixels = np.asarray(counts["pixels"], np.float64)
+    keys = [("EPE", "abs_error", 1.0)] + [(f"bad{k:g}", f"bad{k:g}", 100.0) for k in BAD_THRESHOLDS]
+    keys.append(("D1", "d1", 100.0))
+    out = {}
+    for name, key, scale in keys:
+        total = np.asarray(counts[key], np.float64)
+        if per_image:
+            has = pixels > 0
+            out[name] = float(np.mean(total[has] / pixels[has]) * scale) if has.any() else float("nan")
+        else:
+            out[name] = float(total.sum() / pixels.sum() * scale) if pixels.sum() > 0 else float("nan")
+    return out
+
+
 class Accumulator:
     """Adds ``(total, count)`` pairs over batches in float64; ``result()`` gives the means."""
 

@@ -548,7 +548,8 @@ class Stereo(GatherEvaluator):
     ``per_image``; plus ``EPE_per_image`` and ``bad2_per_image`` (N,) in eval order (e.g. one
     row per Middlebury pair). When the batch also has the right view's ground truth
     ``disparity_right``, the same scores on the non-occluded pixels (``EPE_noc``, ...): those
-    whose left-right check of the two ground-truth maps passes within ``occlusion_tolerance``.
+    whose left-right check of the two ground-truth maps passes within ``occlusion_tolerance``
+    (an image whose right map is all invalid, like Middlebury's tsukuba, counts whole).
 
     Reads ``predict()[prediction]`` (N, h, w) and ``batch[target]`` (N, H, W) (negative = no
     ground truth). A prediction of another size is resized bilinearly to (H, W) and its values
@@ -576,8 +577,11 @@ class Stereo(GatherEvaluator):
         valid = gt >= 0
         out = stereo_counts(pred, gt, valid)
         if "disparity_right" in outputs and outputs["disparity_right"].shape == gt.shape:
-            noc = left_right_check(gt.astype(jnp.float32), outputs["disparity_right"].astype(jnp.float32),
-                                   float(self.occlusion_tolerance)) >= 0
+            right = outputs["disparity_right"].astype(jnp.float32)
+            noc = left_right_check(gt.astype(jnp.float32), right, float(self.occlusion_tolerance)) >= 0
+            # An image without the right view's ground truth (Middlebury's tsukuba: all invalid)
+            # has no occlusion information: all its valid pixels count as non-occluded.
+            noc = jnp.where(jnp.any(right >= 0, (1, 2))[:, None, None], noc, True)
             out.update({f"{k}_noc": v for k, v in stereo_counts(pred, gt, valid & noc).items()})
         return out
 

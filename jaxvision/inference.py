@@ -33,7 +33,7 @@ from jaxvision.data.source import SourceInfo
 
 MODEL_INFO = "model_info.json"
 # Eval pipelines starting with one of these accept images of any size.
-_RESIZING = ("resize", "resize_short", "random_resized_crop")
+_RESIZING = ("resize", "resize_short", "random_resized_crop", "rescale", "resize_inputs")
 # Steps that touch only labels (skipped when looking for that first resize).
 _LABEL_ONLY = ("full_res_mask",)
 

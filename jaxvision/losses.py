@@ -508,3 +508,61 @@ def mask_rcnn_loss(out: dict, instance_mask: jax.Array, num_objects: int) -> jax
     bce = optax.sigmoid_binary_cross_entropy(chosen.astype(jnp.float32), target.astype(jnp.float32))
     fg = (labels > 0).astype(jnp.float32)
     return jnp.sum(fg * jnp.mean(bce, (2, 3)), 1) / jnp.maximum(jnp.sum(fg, 1), 1.0)
+
+
+def disparity_loss(pred: jax.Array, target: jax.Array, *, beta: float = 1.0) -> PixelLoss:
+    """Smooth L1 (``beta`` px; 0 = L1) between predicted and true disparity (B, H, W) over the
+    pixels with ground truth (``target >= 0``): per image the sum (``values``) and the count
+    (``pixels``), (B,) each."""
+    valid = target >= 0
+    err = jnp.where(valid, smooth_l1(pred.astype(jnp.float32) - target.astype(jnp.float32), beta), 0.0)
+    values, pixels = jnp.sum(err, (1, 2)), jnp.sum(valid, (1, 2)).astype(jnp.float32)
+    return PixelLoss(values, pixels)
+
+
+class StereoSelfSupervised(NamedTuple):
+    """Godard et al. (2017)'s terms per image (B,): ``appearance`` (both views reconstructed
+    from the other, photometric error averaged over the pixels whose sample lies inside the
+    other image), ``smoothness`` (edge-aware, both maps) and ``left_right`` (consistency of the
+    two maps, both directions); ``total`` weights them."""
+
+    appearance: jax.Array
+    smoothness: jax.Array
+    left_right: jax.Array
+    total: jax.Array
+
+
+def stereo_self_supervised_loss(left: jax.Array, right: jax.Array, disp_left: jax.Array,
+                                disp_right: jax.Array, *, alpha: float = 0.85,
+                                smoothness_weight: float = 0.1, left_right_weight: float = 1.0,
+                                normalize_smoothness: bool = True) -> StereoSelfSupervised:
+    """The self-supervised stereo loss of Godard et al. (2017) for a rectified pair.
+
+    ``left``, ``right`` (B, H, W, C) in [0, 1]; ``disp_left`` (B, H, W) the left view's
+    disparity (left[x] = right[x - d]) and ``disp_right`` the right view's, in pixels. The left
+    view is rebuilt by sampling the right at x - d_l and vice versa; the appearance error is
+    ``alpha * (1 - SSIM) / 2 + (1 - alpha) * L1`` (``ops.stereo.photometric_error``). The
+    smoothness term penalizes disparity gradients except at image edges; with
+    ``normalize_smoothness`` each map is divided by its mean first (monodepth2's form, which
+    makes the term independent of the disparity range). Returns per-image terms (B,)."""
+    from jaxvision.ops import stereo
+    rec_l, ok_l = stereo.warp(right, disp_left, "left")
+    rec_r, ok_r = stereo.warp(left, disp_right, "right")
+
+    def masked(err, ok):
+        ok = ok.astype(jnp.float32)
+        return jnp.sum(err * ok, (1, 2)) / jnp.maximum(jnp.sum(ok, (1, 2)), 1.0)
+    appearance = (masked(stereo.photometric_error(left, rec_l, alpha), ok_l)
+                  + masked(stereo.photometric_error(right, rec_r, alpha), ok_r))
+
+    def norm(d):
+        d = d.astype(jnp.float32)
+        return d / (jnp.mean(d, (1, 2), keepdims=True) + 1e-3) if normalize_smoothness else d
+    smooth = (stereo.edge_aware_smoothness(norm(disp_left), left)
+              + stereo.edge_aware_smoothness(norm(disp_right), right))
+    lr_l, okl = stereo.left_right_error(disp_left, disp_right)
+    # The right map against the left one: the same check in the mirrored frame.
+    lr_r, okr = stereo.left_right_error(disp_right[:, :, ::-1], disp_left[:, :, ::-1])
+    left_right = masked(lr_l, okl) + masked(lr_r, okr)
+    total = appearance + smoothness_weight * smooth + left_right_weight * left_right
+    return StereoSelfSupervised(appearance, smooth, left_right, total)

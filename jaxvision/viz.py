@@ -334,6 +334,38 @@ def _draw_disparity(fig, ax, disparity: np.ndarray, vmax: float, title: str) -> 
     cbar.set_label("px", fontsize=6)
 
 
+def colorize(values: np.ndarray, vmax: float, cmap: str = "viridis") -> np.ndarray:
+    """(H, W) values -> (H, W, 3) float RGB in [0, 1] on ``cmap`` over [0, vmax]; negative or
+    non-finite values (invalid disparity) black."""
+    v = np.asarray(values, np.float64)
+    ok = np.isfinite(v) & (v >= 0)
+    rgb = colormaps[cmap](np.clip(np.where(ok, v, 0) / max(vmax, 1e-9), 0, 1))[..., :3]
+    return np.where(ok[..., None], rgb, 0.0)
+
+
+def disparity_panel(image: np.ndarray, pred: np.ndarray, target: np.ndarray | None = None) -> np.ndarray:
+    """One row (H, k * W, 3) float in [0, 1]: the left image, the predicted disparity, and
+    when ``target`` is given the true disparity on the same colour scale (viridis, 0 to the
+    largest true or predicted value) and the absolute error (magma, 0-5 px; black where there
+    is no ground truth). ``pred`` of another size than the image is resized (nearest) to it."""
+    img = image_for_display(image)
+    h, w = img.shape[:2]
+    pred = np.asarray(pred, np.float64)
+    if pred.shape != (h, w):
+        rows = np.minimum(np.arange(h) * pred.shape[0] // h, pred.shape[0] - 1)
+        cols = np.minimum(np.arange(w) * pred.shape[1] // w, pred.shape[1] - 1)
+        pred = pred[rows[:, None], cols[None, :]] * (w / pred.shape[1])
+    panels = [img]
+    if target is None:
+        panels.append(colorize(pred, float(np.nanmax(pred, initial=1.0))))
+        return np.concatenate(panels, 1)
+    target = np.asarray(target, np.float64)
+    vmax = float(max(np.max(target, initial=1.0), np.percentile(pred, 99)))
+    err = np.where(target >= 0, np.abs(pred - target), -1.0)
+    panels += [colorize(pred, vmax), colorize(target, vmax), colorize(err, 5.0, "magma")]
+    return np.concatenate(panels, 1)
+
+
 def show_examples(examples: list[Example], out_path: str, *, info: SourceInfo | None = None,
                   title: str | None = None, max_examples: int = 8, dpi: int = 100) -> str:
     """Saves a PNG grid of ``examples`` to ``out_path`` and returns ``out_path``.

@@ -350,6 +350,45 @@ class RandomScale(_Spec):
         return crop(example, top, left, h, w)
 
 
+@register("rescale")
+@dataclasses.dataclass(frozen=True)
+class Rescale(_Spec):
+    """Resizes by ``factor`` (each side rounded, at least 1 px), every target with it (a
+    disparity's values scale too); see ``resize``."""
+
+    factor: float
+
+    def __post_init__(self):
+        if not float(self.factor) > 0:
+            raise ValueError(f"rescale: factor must be > 0; got {self.factor!r}.")
+
+    def __call__(self, example: Example, rng: np.random.Generator) -> Example:
+        h, w = _hw(example)
+        f = float(self.factor)
+        return resize(example, max(1, round(h * f)), max(1, round(w * f)))
+
+
+@register("resize_inputs")
+@dataclasses.dataclass(frozen=True)
+class ResizeInputs(_Spec):
+    """Resizes the images (``image``, ``image_right``) by ``factor`` and leaves every target at
+    the file's resolution, for scoring there: evaluators that read a dense target of another
+    size than the prediction (``stereo``, ``segmentation``) resize the prediction back. Use it
+    in ``data.eval_pp`` with one example per eval batch when sizes differ (Middlebury)."""
+
+    factor: float
+
+    def __post_init__(self):
+        if not float(self.factor) > 0:
+            raise ValueError(f"resize_inputs: factor must be > 0; got {self.factor!r}.")
+
+    def __call__(self, example: Example, rng: np.random.Generator) -> Example:
+        h, w = _hw(example)
+        f = float(self.factor)
+        size = (max(1, round(h * f)), max(1, round(w * f)))
+        return {**example, **{k: _resize_image(example[k], *size) for k in IMAGE_KEYS if k in example}}
+
+
 @register("full_res_mask")
 @dataclasses.dataclass(frozen=True)
 class FullResMask(_Spec):

@@ -69,9 +69,12 @@ def box_mean(x: jax.Array, window: int) -> jax.Array:
     r = window // 2
     dims, pads = (1, window, window, 1), ((0, 0), (r, r), (r, r), (0, 0))
     total = lax.reduce_window(x, 0.0, lax.add, dims, (1, 1, 1, 1), pads)
-    count = lax.reduce_window(jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype), 0.0, lax.add, dims,
-                              (1, 1, 1, 1), pads)
-    return total / count
+
+    def inside(n):  # pixels of each window along one axis that lie inside the image
+        i = jnp.arange(n)
+        return (jnp.minimum(i + r, n - 1) - jnp.maximum(i - r, 0) + 1).astype(x.dtype)
+    count = inside(x.shape[1])[:, None] * inside(x.shape[2])[None, :]
+    return total / count[None, :, :, None]
 
 
 def _columns_valid(w: int, d: int, view: str) -> jax.Array:

@@ -36,8 +36,9 @@ class TrainState:
 
 
 def create(variables: dict, optimizer: Any, rng: jax.Array, ema: bool) -> TrainState:
-    """A fresh state at step 0 from ``model.init`` variables."""
-    params = variables["params"]
+    """A fresh state at step 0 from ``model.init`` variables (a model without parameters, such
+    as a classical baseline, gets an empty ``params``)."""
+    params = variables.get("params", {})
     model_state = {k: v for k, v in variables.items() if k != "params"}
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,

@@ -1,0 +1,119 @@
+"""Stereo experiment end to end on tiny procedural pairs: each model trains (the loss falls) and
+is scored, the self-supervised loss, the classical baseline, and the errors a user meets."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxvision.config import get_config
+from jaxvision.data.transforms import TRANSFORMS
+from jaxvision.experiment import load_experiment
+from jaxvision.train import loop
+
+SPEC = "experiments/stereo.py"
+TINY = {"mccnn_synthetic": dict(width=8, depth=2), "dispnet_synthetic": dict(widths=(8, 8, 16, 16)),
+        "gcnet_synthetic": dict(width=4, unary_blocks=1)}
+
+
+def _tiny(shrink, name: str, **model):
+    config = shrink(get_config(f"{SPEC}:{name}"), size=32)
+    config.data.procedural.max_disparity = 6.0
+    config.model.max_disparity = 6
+    config.model.update({**TINY.get(name, {}), **model})
+    config.model.report_pictures = 0
+    config.optim.lr = 3e-3
+    return config
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_each_model_trains_and_is_scored(name, tmp_path, shrink):
+    config = _tiny(shrink, name)
+    if name == "dispnet_synthetic":
+        config.model.report_pictures = 2                  # one model draws the report pictures
+    results = loop.train(config, tmp_path, experiment=load_experiment(SPEC), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r["loss"] for r in rows if r.get("split") == "train"]
+    assert len(train) == 6 and train[-1] < train[0], (name, train)
+    for key in ("EPE", "bad0.5", "bad1", "bad2", "bad3", "D1", "EPE_noc", "bad2_noc"):
+        assert np.isfinite(results[key]), key
+    assert 0 <= results["bad1"] <= 100 and results["EPE"] >= 0
+    assert len(json.loads((tmp_path / "per_image.json").read_text())) == 8
+    if name == "dispnet_synthetic":
+        assert (tmp_path / "disparities.png").stat().st_size > 1000
+
+
+def test_self_supervised_training_lowers_its_loss_without_ground_truth(tmp_path, shrink):
+    config = _tiny(shrink, "dispnet_synthetic")
+    config.loss.kind = "self_supervised"
+    config.data.keys = ("image", "image_right", "disparity")    # the loss never reads it
+    results = loop.train(config, tmp_path, experiment=load_experiment(SPEC), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r.get("split") == "train"]
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert {"appearance", "smoothness", "left_right"} <= set(train[0])
+    assert np.isfinite(results["EPE"]) and "EPE_noc" not in results
+
+
+def test_ncc_baseline_recovers_procedural_disparity(tmp_path, shrink):
+    config = _tiny(shrink, "ncc_baseline")
+    config.train.steps = 1
+    results = loop.train(config, tmp_path, experiment=load_experiment(SPEC), progress=False)
+    # 9x9 windows on 32-px scenes: object borders cost a lot; the all-zero map scores EPE ~3.
+    assert results["EPE_noc"] < 1.5 and results["bad1_noc"] < 40
+
+
+def test_stereo_input_errors_are_clear(tmp_path, shrink):
+    exp = load_experiment(SPEC)
+    config = _tiny(shrink, "dispnet_synthetic")
+    batch = {"image": np.zeros((1, 8, 8, 3), np.uint8), "image_right": np.zeros((1, 8, 6, 3), np.uint8)}
+    with pytest.raises(ValueError, match="differ in shape"):
+        exp.prepare(config, batch)
+    with pytest.raises(ValueError, match="needs 'image_right'"):
+        exp.prepare(config, {"image": batch["image"]})
+    config.data.keys = ("image", "disparity")
+    with pytest.raises(ValueError, match="needs 'image_right'"):
+        loop.train(config, tmp_path / "a", experiment=exp, progress=False)
+    config = _tiny(shrink, "dispnet_synthetic")
+    config.model.name = "psmnet"
+    with pytest.raises(ValueError, match="not a stereo model; models: classical, mccnn"):
+        loop.train(config, tmp_path / "b", experiment=exp, progress=False)
+    # A ground-truth map of the wrong shape.
+    model = exp.build_model(_tiny(shrink, "dispnet_synthetic"), None)
+    config = _tiny(shrink, "dispnet_synthetic")
+    pair = {"image": np.zeros((1, 16, 16, 3), np.uint8), "image_right": np.zeros((1, 16, 16, 3), np.uint8),
+            "valid": np.ones(1, bool)}
+    variables = jax.jit(lambda b: exp.init(config, model, b, jax.random.key(0)))(pair)
+    with pytest.raises(ValueError, match=r"'disparity' has shape \(1, 8, 16\)"):
+        exp.loss(config, model, variables, {**pair, "disparity": jnp.zeros((1, 8, 16))}, None, train=False)
+
+
+def test_rescale_and_resize_inputs():
+    rng = np.random.default_rng(0)
+    ex = {"image": rng.integers(0, 255, (10, 16, 3), dtype=np.uint8),
+          "image_right": rng.integers(0, 255, (10, 16, 3), dtype=np.uint8),
+          "disparity": np.full((10, 16), 4.0, np.float32)}
+    half = TRANSFORMS["rescale"](0.5)(ex, rng)
+    assert half["image"].shape == (5, 8, 3) and half["disparity"].shape == (5, 8)
+    np.testing.assert_array_equal(half["disparity"], 2.0)     # values scale with the width
+    inputs = TRANSFORMS["resize_inputs"](0.5)(ex, rng)
+    assert inputs["image"].shape == inputs["image_right"].shape == (5, 8, 3)
+    assert inputs["disparity"] is ex["disparity"]               # the target stays at file size
+    with pytest.raises(ValueError, match="factor must be > 0"):
+        TRANSFORMS["rescale"](0)
+
+
+def test_middlebury_configs_score_at_full_resolution(shared_data):
+    from jaxvision.data.pipeline import make_loader
+    config = get_config(f"{SPEC}:selfsup_middlebury")
+    batches = list(make_loader(config.data, "all", global_batch=1, mode="eval", seed=0))
+    assert len(batches) == 4
+    for b in batches:
+        h, w = b["disparity"].shape[1:]
+        assert b["image"].shape[1:3] == (round(h / 2), round(w / 2))
+    train = next(iter(make_loader(config.data, "all", global_batch=2, mode="train", seed=0)))
+    assert train["image"].shape == (2, 128, 128, 3) and train["disparity"].shape == (2, 128, 128)

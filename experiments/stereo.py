@@ -277,6 +277,25 @@ def selfsup_middlebury() -> ml_collections.ConfigDict:
     return config
 
 
+def kitti2015() -> ml_collections.ConfigDict:
+    """DispNet-C on KITTI 2015 for users with the data (``data.path``: the ``data_scene_flow``
+    folder; not on this machine): trained on the first 160 training pairs halved, in random
+    160 x 320 crops, scored on the other 40 at full resolution (``_noc`` on ``disp_noc_0``).
+    Start it from a procedural run with ``--config.transfer.workdir=...``."""
+    config = dispnet_synthetic()
+    config.data.name, config.data.path = "kitti2015", None
+    config.data.keys = ("image", "image_right", "disparity", "disparity_noc")
+    config.data.train_split, config.data.eval_split = "train", "val"
+    config.data.train_pp = "rescale(0.5)|random_crop((160, 320))"
+    config.data.eval_pp = "resize_inputs(0.5)"
+    config.data.input_shape = (160, 320, 3)
+    config.model.max_disparity = 128
+    config.train.batch_size, config.train.eval_batch_size = 8, 1
+    config.train.steps, config.train.eval_every = 20000, 2000
+    config.train.checkpoint_every = 2000
+    return config
+
+
 CONFIGS = {
     "default": default,
     "ncc_baseline": ncc_baseline,
@@ -285,4 +304,5 @@ CONFIGS = {
     "gcnet_synthetic": gcnet_synthetic,
     "ncc_middlebury": ncc_middlebury,
     "selfsup_middlebury": selfsup_middlebury,
+    "kitti2015": kitti2015,
 }

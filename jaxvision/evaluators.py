@@ -546,9 +546,10 @@ class Stereo(GatherEvaluator):
     ``EPE`` (px), ``bad0.5``, ``bad1``, ``bad2``, ``bad3`` and KITTI's ``D1`` (percent), pooled
     over every valid ground-truth pixel of the split, or the mean of per-image scores with
     ``per_image``; plus ``EPE_per_image`` and ``bad2_per_image`` (N,) in eval order (e.g. one
-    row per Middlebury pair). When the batch also has the right view's ground truth
-    ``disparity_right``, the same scores on the non-occluded pixels (``EPE_noc``, ...): those
-    whose left-right check of the two ground-truth maps passes within ``occlusion_tolerance``
+    row per Middlebury pair). The same scores on the non-occluded pixels (``EPE_noc``, ...) when
+    the batch has ``disparity_noc`` (KITTI: its valid pixels) or else the right view's ground
+    truth ``disparity_right``: the pixels whose left-right check of the two ground-truth maps
+    passes within ``occlusion_tolerance``
     (an image whose right map is all invalid, like Middlebury's tsukuba, counts whole).
 
     Reads ``predict()[prediction]`` (N, h, w) and ``batch[target]`` (N, H, W) (negative = no
@@ -560,7 +561,7 @@ class Stereo(GatherEvaluator):
                "occlusion_tolerance": 1.0}
     predict_keys = ("prediction",)
     batch_keys = ("target",)
-    optional_batch_keys = ("disparity_right",)
+    optional_batch_keys = ("disparity_right", "disparity_noc")
 
     def transform(self, outputs):
         from jaxvision.ops.stereo import left_right_check
@@ -576,7 +577,10 @@ class Stereo(GatherEvaluator):
         pred = jnp.maximum(pred, 0.0)
         valid = gt >= 0
         out = stereo_counts(pred, gt, valid)
-        if "disparity_right" in outputs and outputs["disparity_right"].shape == gt.shape:
+        if "disparity_noc" in outputs and outputs["disparity_noc"].shape == gt.shape:
+            noc = outputs["disparity_noc"] >= 0
+            out.update({f"{k}_noc": v for k, v in stereo_counts(pred, gt, valid & noc).items()})
+        elif "disparity_right" in outputs and outputs["disparity_right"].shape == gt.shape:
             right = outputs["disparity_right"].astype(jnp.float32)
             noc = left_right_check(gt.astype(jnp.float32), right, float(self.occlusion_tolerance)) >= 0
             # An image without the right view's ground truth (Middlebury's tsukuba: all invalid)

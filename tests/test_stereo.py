@@ -117,3 +117,62 @@ def test_middlebury_configs_score_at_full_resolution(shared_data):
         assert b["image"].shape[1:3] == (round(h / 2), round(w / 2))
     train = next(iter(make_loader(config.data, "all", global_batch=2, mode="train", seed=0)))
     assert train["image"].shape == (2, 128, 128, 3) and train["disparity"].shape == (2, 128, 128)
+
+
+def _write_kitti(root, n=5, h=12, w=20, noc=True):
+    from PIL import Image
+    rng = np.random.default_rng(1)
+    base = root / "training"
+    for sub in ("image_2", "image_3", "disp_occ_0") + (("disp_noc_0",) if noc else ()):
+        (base / sub).mkdir(parents=True)
+    disps = []
+    for i in range(n):
+        name = f"{i:06d}_10.png"
+        for sub in ("image_2", "image_3"):
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(base / sub / name)
+        raw = rng.integers(0, 40 * 256, (h, w)).astype(np.uint16)
+        raw[0] = 0                                        # no ground truth on the first row
+        Image.fromarray(raw).save(base / "disp_occ_0" / name)
+        if noc:
+            raw_noc = raw.copy()
+            raw_noc[:, :3] = 0
+            Image.fromarray(raw_noc).save(base / "disp_noc_0" / name)
+        disps.append(raw)
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(base / "image_2" / f"{i:06d}_11.png")
+    return disps
+
+
+def test_kitti2015_source_reads_16_bit_disparity_and_splits(tmp_path):
+    from jaxvision.data.config import data_config
+    from jaxvision.data.source import DataError, build_source
+    disps = _write_kitti(tmp_path)
+    data = data_config("kitti2015")
+    data.path = str(tmp_path)
+    src = build_source(data, "training")
+    assert len(src) == 5 and src.info.keys == ("image", "image_right", "disparity", "disparity_noc")
+    ex = src[2]
+    assert ex["image"].shape == ex["image_right"].shape == (12, 20, 3)
+    want = np.where(disps[2] > 0, disps[2] / 256.0, -1.0)
+    np.testing.assert_allclose(ex["disparity"], want)
+    assert (ex["disparity_noc"][:, :3] == -1).all()
+    assert [len(build_source(data, s)) for s in ("train", "val")] == [4, 1]
+    with pytest.raises(DataError, match="kitti2015.*split"):
+        build_source(data, "testing")
+    data.path = str(tmp_path / "missing")
+    with pytest.raises(DataError, match="data.path"):
+        build_source(data, "train")
+
+
+def test_stereo_evaluator_reads_kitti_noc_maps(tmp_path):
+    from jaxvision.evaluators import Stereo
+    gt = np.full((1, 4, 6), 10.0, np.float32)
+    noc = gt.copy()
+    noc[:, :, :2] = -1
+    pred = gt + np.array([5.0, 5.0, 0, 0, 0, 0], np.float32)    # wrong only where occluded
+    ev = Stereo("st", split="val", batch_size=1, every=0)
+    ev.reset()
+    ev.update(jax.device_get(jax.jit(ev.transform)({"pred_disparity": pred, "disparity": gt,
+                                                     "disparity_noc": noc})))
+    got = ev.compute()
+    assert got["EPE"] == pytest.approx(5 * 2 / 6) and got["EPE_noc"] == 0.0
+    assert got["D1"] == pytest.approx(100 * 2 / 6) and got["D1_noc"] == 0.0

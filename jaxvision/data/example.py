@@ -15,6 +15,7 @@ key                  shape               dtype     meaning
 ``image_right``      (H, W, C)           uint8     right view of a rectified stereo pair
 ``disparity``        (H, W)              float32   left-view disparity in pixels (below)
 ``disparity_right``  (H, W)              float32   right-view disparity in pixels (below)
+``disparity_noc``    (H, W)              float32   ``disparity`` on the non-occluded pixels only (KITTI)
 ``identity``         ()                  int32     identity for metric learning (person, object id)
 ``box_crowd``        (N,)                bool      COCO ``iscrowd``: a crowd region, never a miss
 ``box_difficult``    (N,)                bool      PASCAL VOC ``difficult``: ignored by VOC AP
@@ -82,6 +83,7 @@ SPEC: dict[str, tuple[int, np.dtype]] = {
     "image_right": (3, np.dtype(np.uint8)),
     "disparity": (2, np.dtype(np.float32)),
     "disparity_right": (2, np.dtype(np.float32)),
+    "disparity_noc": (2, np.dtype(np.float32)),
     "identity": (0, np.dtype(np.int32)),
     "box_crowd": (1, np.dtype(np.bool_)),
     "box_difficult": (1, np.dtype(np.bool_)),
@@ -93,7 +95,8 @@ SPEC: dict[str, tuple[int, np.dtype]] = {
 }
 
 # Keys whose two leading axes are the image's (H, W): spatial transforms move them together.
-SPATIAL_KEYS = ("image", "mask", "instance_mask", "image_right", "disparity", "disparity_right")
+SPATIAL_KEYS = ("image", "mask", "instance_mask", "image_right", "disparity", "disparity_right",
+                "disparity_noc")
 # Keys that are images (uint8, channels last): photometric transforms touch only these.
 IMAGE_KEYS = ("image", "image_right")
 # Per-box keys: one row per row of ``boxes``, padded and dropped with it.
@@ -157,14 +160,14 @@ def invalid_values(key: str, values: Any, limit: int | None = None) -> tuple[np.
         y0, x0, y1, x1 = np.moveaxis(values, -1, 0)
         ok = np.isfinite(values).all(-1) & (y0 <= y1) & (x0 <= x1)
         return ~ok, "finite [y0, x0, y1, x1] with y0 <= y1 and x0 <= x1 (pixels)"
-    if key in ("disparity", "disparity_right"):
+    if key in ("disparity", "disparity_right", "disparity_noc"):
         return ~np.isfinite(values), ("a finite disparity in pixels, INVALID_DISPARITY "
                                       f"({INVALID_DISPARITY:g}) if unknown")
     return np.zeros(values.shape, bool), ""
 
 
 # Keys with value rules in ``invalid_values`` (the others are checked for shape and dtype only).
-VALUE_KEYS = ID_KEYS + ("boxes", "disparity", "disparity_right")
+VALUE_KEYS = ID_KEYS + ("boxes", "disparity", "disparity_right", "disparity_noc")
 
 
 def _plainly_valid(key: str, values: np.ndarray, limit: int | None) -> bool:
@@ -175,7 +178,7 @@ def _plainly_valid(key: str, values: np.ndarray, limit: int | None) -> bool:
     if key in ID_KEYS and values.dtype.kind in "biu":
         low = IGNORE_LABEL if key == "mask" else 0
         return bool(values.min() >= low and (limit is None or values.max() < limit))
-    if key in ("disparity", "disparity_right"):
+    if key in ("disparity", "disparity_right", "disparity_noc"):
         return bool(np.isfinite(values).all())
     return False
 

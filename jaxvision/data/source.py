@@ -27,10 +27,10 @@ from jaxvision.data.config import check_data_config
 from jaxvision.data.example import DataError, Example
 
 LOCAL_SOURCES = ("procedural", "npz", "image_folder", "middlebury", "yolo", "oxford_pets",
-                 "coco_json", "voc_xml", "mask_folder")
+                 "coco_json", "voc_xml", "mask_folder", "kitti2015")
 # Local sources that read files (procedural generates its examples).
 FILE_SOURCES = ("npz", "image_folder", "middlebury", "yolo", "oxford_pets", "coco_json", "voc_xml",
-                "mask_folder")
+                "mask_folder", "kitti2015")
 SKIP_HINT = "fix or remove the file, or set data.bad_examples='skip' to skip bad examples"
 
 
@@ -233,6 +233,9 @@ def build_source(config: Any, split: str) -> Source:
     elif name == "mask_folder":
         from jaxvision.data import maskfiles
         source = apply_slice(maskfiles.from_config(config, parse_split(split)[0]), split)
+    elif name == "kitti2015":
+        from jaxvision.data import kitti
+        source = apply_slice(kitti.from_config(config, parse_split(split)[0]), split)
     elif name in LOCAL_SOURCES:
         from jaxvision.data import local
         source = apply_slice(local.from_config(config, parse_split(split)[0]), split)

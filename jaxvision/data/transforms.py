@@ -41,10 +41,11 @@ Transform = Callable[[Example, np.random.Generator], Example]
 TRANSFORMS: dict[str, Callable[..., Transform]] = {}
 
 _FILL = {"image": 0, "image_right": 0, "mask": IGNORE_LABEL, "instance_mask": 0,
-         "disparity": INVALID_DISPARITY, "disparity_right": INVALID_DISPARITY}
-_DISPARITY_KEYS = ("disparity", "disparity_right")
+         "disparity": INVALID_DISPARITY, "disparity_right": INVALID_DISPARITY,
+         "disparity_noc": INVALID_DISPARITY}
+_DISPARITY_KEYS = ("disparity", "disparity_right", "disparity_noc")
 _BOX_ALIGNED = BOX_KEYS + ("box_valid",)  # per-box keys kept aligned with ``boxes`` rows
-_LEFT_ONLY = ("mask", "instance_mask", "boxes") + _BOX_ALIGNED
+_LEFT_ONLY = ("mask", "instance_mask", "boxes", "disparity_noc") + _BOX_ALIGNED
 MIN_BOX_SIDE = 1.0  # pixels: a box with a shorter side after clipping is dropped (the box policy)
 
 

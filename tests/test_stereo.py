@@ -45,6 +45,30 @@ def test_each_model_trains_and_is_scored(name, tmp_path, shrink):
     assert len(json.loads((tmp_path / "per_image.json").read_text())) == 8
     if name == "dispnet_synthetic":
         assert (tmp_path / "disparities.png").stat().st_size > 1000
+        _check_predict(tmp_path)
+
+
+def _check_predict(workdir):
+    """``predict`` on a user's pair of another size: the disparity at the file's size as .npy,
+    the depth with a camera given, and the picture."""
+    from PIL import Image
+    from jaxvision.__main__ import main
+    rng = np.random.default_rng(0)
+    pairs = workdir / "pairs"
+    pairs.mkdir()
+    for side in ("left", "right"):
+        Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(pairs / f"{side}.png")
+    out = workdir / "out"
+    assert main(["predict", "--workdir", str(workdir), str(pairs / "left.png"), "--right",
+                 str(pairs / "right.png"), "--out", str(out), "--config.model.baseline=0.5",
+                 "--config.model.focal=100"]) == 0
+    line = json.loads((out / "predictions.jsonl").read_text())
+    disp = np.load(out / line["arrays"]["disparity"])
+    depth = np.load(out / line["arrays"]["depth"])
+    assert disp.shape == depth.shape == (24, 40) and (disp >= 0).all()
+    np.testing.assert_allclose(depth[disp > 0], 50.0 / disp[disp > 0], rtol=1e-5)
+    assert line["disparity"]["max"] == pytest.approx(float(disp.max()), abs=1e-3)
+    assert Image.open(out / line["picture"]).size == (3 * 40, 24)
 
 
 def test_self_supervised_training_lowers_its_loss_without_ground_truth(tmp_path, shrink):

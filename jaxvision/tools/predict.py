@@ -3,7 +3,8 @@
 Writes ``OUT/predictions.jsonl`` (one line per input, in input order: ``file``, the
 experiment's ``describe`` record and ``picture``, or ``error`` for a file that could not be
 read) and one picture per image drawn by the experiment's ``draw`` hook (classification: the
-top-5 classes). With a gallery (``--gallery``, embedding models) each query's record and picture
+top-5 classes). Arrays a ``describe`` record returns under ``arrays`` (stereo: the disparity
+and depth maps) are saved as ``<stem>.<name>.npy`` and the record lists their file names. With a gallery (``--gallery``, embedding models) each query's record and picture
 are its nearest gallery images instead. Folders are walked recursively for image files (by suffix, sorted); files named
 directly are always tried. A file that cannot be decoded (empty, truncated, not an image) or has
 more pixels than the run's ``data.max_pixels`` (read from the header, before decoding) is named
@@ -184,7 +185,14 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
                     out["image_size"] = np.asarray(np.shape(raw["image"])[:2])
                     out["input_size"] = np.asarray(predictor.model_info.input_shape[:2])
                     describe = exp.describe(config, out, info) if exp.describe else _default_record(out)
+                    arrays = describe.pop("arrays", None) or {}
                     line.update(describe)
+                    if arrays:  # dense outputs (a disparity or depth map) as .npy files
+                        stem = Path(_picture_name(files[i], taken)).stem
+                        line["arrays"] = {}
+                        for key, value in arrays.items():
+                            np.save(out_dir / f"{stem}.{key}.npy", np.asarray(value))
+                            line["arrays"][key] = f"{stem}.{key}.npy"
                     picture = None
                     if near is not None:
                         found = near.nearest(out["embedding"])
@@ -199,7 +207,7 @@ def predict_files(predictor: Predictor, inputs: Sequence[str | Path], out_dir: s
                         picture = exp.draw(config, raw, out, info)
                     if picture is not None:
                         from PIL import Image
-                        name = _picture_name(files[i], taken)
+                        name = f"{stem}.png" if arrays else _picture_name(files[i], taken)
                         Image.fromarray(np.asarray(picture, np.uint8)).save(out_dir / name,
                                                                             compress_level=1)
                         line["picture"] = name

@@ -34,8 +34,10 @@ How the evaluators of the task issues plug in (each a ``GatherEvaluator`` subcla
   confusion matrix (ignore pixels left out), so only C^2 int32 per example leave the device; the
   host adds them into one matrix over the whole split and computes mIoU, pixel / mean accuracy
   and frequency-weighted IoU from it (``metrics.segmentation_scores``; streaming, O(C^2)).
-* EPE / bad-k / D1: ``predict`` returns the disparity (N, H, W); the evaluator reads it and the
-  batch's ``disparity`` and streams sums of errors and counts over the valid pixels.
+* EPE / bad-k / D1 (``stereo``, built in): ``predict`` returns the disparity ``pred_disparity``
+  (N, h, w) in input pixels; the evaluator resizes it to the batch ``disparity``'s (H, W) with
+  its values scaled, and sends per-example sums of errors and counts over the valid (and the
+  non-occluded) pixels; the host pools them (``metrics.stereo_scores``).
 
 Metric names are bare keys (``accuracy``, ``recall_at_1``, ``AP50``, ``mIoU``, ``EPE``); when two
 evaluators of a run produce the same key, the later one (evaluators run in the order of their

@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from jaxvision.config import workdir_config
 from jaxvision.tools.box_baseline import random_boxes
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _runs import markdown, run_row  # noqa: E402
+
 KEYS = ("AP", "AP50", "AP75", "APs", "APm", "AR100")
-
-
-def _rows(workdir: Path) -> tuple[list[dict], list[dict]]:
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r.get("split") == "train"], [r for r in rows if "AP" in r]
 
 
 def main() -> None:
@@ -38,16 +37,7 @@ def main() -> None:
     out, baselines = [], {}
     for w in map(Path, a.workdir):
         config = workdir_config(w)
-        train, evals = _rows(w)
-        last = evals[-1]
-        steps = train[-1]["step"]
-        wall = train[-1]["time"]
-        ips = (train[-1]["step"] - train[0]["step"]) * int(config.train.batch_size) / (
-            train[-1]["time"] - train[0]["time"])
-        before = [r for r in train if r["step"] == last["step"]]
-        row = {"run": w.name, "model": str(config.model.name), "steps": steps, "train_min": wall / 60,
-               "img_s": ips, **{k: last[k] for k in KEYS},
-               "eval_s": last["time"] - before[0]["time"] if before else float("nan")}
+        row = run_row(w, config, KEYS)
         if a.time_eval:
             from jaxvision.train import loop
             t = time.perf_counter()
@@ -62,14 +52,10 @@ def main() -> None:
         if data_key not in baselines:
             base = random_boxes(config)
             baselines[data_key] = {"run": f"random boxes ({config.data.name})", "model": "baseline",
-                                   "steps": 0, "train_min": 0.0, "img_s": 0.0,
                                    **{k: base[k] for k in KEYS}}
     cols = ["run", "model", "steps", "train_min", "img_s", *KEYS, "eval_s"] + (
         ["eval_s_first", "eval_s_again"] if a.time_eval else [])
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in out + list(baselines.values()):
-        print("| " + " | ".join(f"{r.get(c, ''):.3f}" if isinstance(r.get(c), float) else str(r.get(c, ""))
-                                for c in cols) + " |")
+    print(markdown(out + list(baselines.values()), cols))
 
 
 if __name__ == "__main__":

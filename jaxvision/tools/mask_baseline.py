@@ -1,7 +1,8 @@
 """The trivial segmentation baselines: one class for every pixel, scored like a model.
 
-``constant_class(config, cls)`` predicts class ``cls`` everywhere on ``data.eval_split`` (after
-``data.eval_pp``, the resolution models are scored at) and returns the ``segmentation``
+``constant_class(config, cls)`` predicts class ``cls`` everywhere on ``data.eval_split`` (the
+labels the ``segmentation`` evaluator reads: ``evals.segmentation.mask``, e.g. ``mask_full`` at
+the files' resolution, else ``mask`` after ``data.eval_pp``) and returns the ``segmentation``
 evaluator's scores (``mIoU``, ``pixel_accuracy``, ``mean_accuracy``, ``fw_iou``, ``iou``) from
 one confusion matrix over the split. ``constant_baselines(config)`` does it for every class
 (on the pets: all-background and all-pet).
@@ -21,10 +22,12 @@ def _confusions(config: Any, num_classes: int) -> np.ndarray:
     """(C, C) confusion of each constant prediction: row = true class; returned as the true
     class counts (C,), since a constant prediction's matrix has one non-zero column."""
     counts = np.zeros(num_classes, np.int64)
+    evals = config.get("evals") or {}
+    key = str(evals["segmentation"].get("mask", "mask")) if "segmentation" in evals else "mask"
     loader = make_loader(config.data, str(config.data.eval_split),
                          global_batch=int(config.train.eval_batch_size), mode="eval", seed=0)
     for batch in loader:
-        mask = batch["mask"][batch["valid"]]
+        mask = batch[key][batch["valid"]]
         known = mask[(mask >= 0) & (mask < num_classes)]
         counts += np.bincount(known.reshape(-1), minlength=num_classes)[:num_classes]
     return counts

@@ -43,7 +43,7 @@ def _declared_model(config: ml_collections.ConfigDict, spec: str):
     exp = load_experiment(spec)
     shape = tuple(int(d) for d in config.data.input_shape)
     info = SourceInfo(name=str(config.data.name), split=str(config.data.eval_split),
-                      keys=("image", "label"), num_classes=int(config.data.num_classes))
+                      keys=("image", "label"), num_classes=int(config.data.get("num_classes", 0)) or None)
     return exp, exp.build_model(config, info), shape
 
 
@@ -68,6 +68,8 @@ def test_config_has_contract_keys_and_model_initializes_at_declared_shape(spec):
     assert len(shape) == 3, f"{spec}: data.input_shape must be (H, W, C), got {shape}"
     batch = {"image": jax.ShapeDtypeStruct((2,) + shape, jnp.uint8),
              "label": jax.ShapeDtypeStruct((2,), jnp.int32)}
+    if "image_right" in tuple(config.data.get("keys", ())):  # stereo models read the pair
+        batch["image_right"] = batch["image"]
     variables = jax.eval_shape(lambda b, k: exp.init_variables(config, model, b, k), batch,
                                jax.random.key(0))
     logits = jax.eval_shape(lambda v, b: model.apply(v, exp.prepare(config, b), train=False),

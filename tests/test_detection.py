@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,8 +19,9 @@ from jaxvision.experiment import load_experiment
 from jaxvision.train import loop
 
 SPEC = "experiments/detection.py"
-# Mask R-CNN is the two-stage detector plus its mask head: one run covers both.
-MODELS = ("yolo_synthetic", "centernet_synthetic", "retinanet_synthetic", "maskrcnn_synthetic")
+# Mask R-CNN is the two-stage detector plus its mask head: one run covers both. YOLOv1 is
+# traced, not trained, here (suite time): its loss and decoder have oracle tests of their own.
+MODELS = ("centernet_synthetic", "retinanet_synthetic", "maskrcnn_synthetic")
 
 
 def _tiny(shrink, name: str):
@@ -65,6 +67,31 @@ def test_each_model_trains_and_is_scored(run):
         assert (workdir / "detections.png").stat().st_size > 1000
     if name == "maskrcnn_synthetic":  # AP here is the mask AP (iou_type='segm')
         assert "loss_mask" in rows[-2] | rows[-1] and "coco_mask/AP" not in results
+
+
+@pytest.mark.parametrize("name", ["yolo_synthetic", "yolo_conv_synthetic"])
+def test_yolo_loss_and_predict_trace_with_the_declared_shapes(name, shrink):
+    """The experiment's wiring of YOLOv1 (loss terms, gradients, fixed-size detections),
+    traced without compiling."""
+    from jaxvision.data.pipeline import make_loader
+    config = _tiny(shrink, name)
+    exp = load_experiment(SPEC)
+    batch = next(iter(make_loader(config.data, "train", global_batch=8, mode="train", seed=0)))
+    model = exp.build_model(config, _info(config))
+    variables = jax.eval_shape(lambda b: exp.init_variables(config, model, b, jax.random.key(0)), batch)
+    total, mets, _ = jax.eval_shape(
+        lambda v, b: exp.loss(config, model, v, b, jax.random.key(1), train=True), variables, batch)
+    assert total.shape == () and {"loss", "loss_coord", "loss_size"} <= set(mets), sorted(mets)
+    grads = jax.eval_shape(jax.grad(lambda v: exp.loss(config, model, v, batch, jax.random.key(1),
+                                                       train=True)[0]), variables)
+    assert jax.tree.structure(grads) == jax.tree.structure(variables)
+    out = jax.eval_shape(lambda v, b: exp.predict(config, model, v, b), variables, batch)
+    assert out["det_boxes"].shape == (8, 10, 4) and out["det_valid"].shape == (8, 10)
+
+
+def _info(config):
+    from jaxvision.data.source import build_source
+    return build_source(config.data, "train").info
 
 
 def test_predict_draws_boxes_on_image_files(run, tmp_path):

@@ -107,8 +107,8 @@ def test_stereo_input_errors_are_clear(tmp_path, shrink):
     with pytest.raises(ValueError, match="not a stereo model; models: classical, mccnn"):
         loop.train(config, tmp_path / "b", experiment=exp, progress=False)
     # A ground-truth map of the wrong shape.
-    model = exp.build_model(_tiny(shrink, "dispnet_synthetic"), None)
-    config = _tiny(shrink, "dispnet_synthetic")
+    config = _tiny(shrink, "mccnn_synthetic")
+    model = exp.build_model(config, None)
     pair = {"image": np.zeros((1, 16, 16, 3), np.uint8), "image_right": np.zeros((1, 16, 16, 3), np.uint8),
             "valid": np.ones(1, bool)}
     variables = jax.jit(lambda b: exp.init(config, model, b, jax.random.key(0)))(pair)

@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", required=True)
     e.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
     sub.add_parser("list", help="list experiments and their named configs")
-    s = sub.add_parser("summary", help="per-layer table: output shape, parameters, FLOPs")
+    s = sub.add_parser("summary", help="per-layer table: output shape, receptive field and stride, parameters, FLOPs")
     s.add_argument("--config", required=True)
     b = sub.add_parser("bench", help="time the compiled train step")
     b.add_argument("--config", required=True)

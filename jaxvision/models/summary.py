@@ -1,4 +1,11 @@
-"""Per-layer model summary: output shapes, parameter counts and FLOPs, without real compute.
+"""Per-layer model summary: output shapes, receptive fields, parameter counts and FLOPs,
+without real compute.
+
+Receptive field and stride (``jaxvision/models/receptive_field.py``): per layer output, the
+input pixels one output position sees (the closed form over every convolution, pooling and
+strided op on the way, padding ignored: the field of an output away from the border) and the
+input pixels between neighbouring outputs; ``all`` once every position is mixed (a flatten into
+a dense layer, a global pooling). A square field prints as one number, else ``HxW``.
 
 FLOP convention: **FLOPs = 2 x multiply-accumulates (MACs)** of the convolution and dense layers
 (a multiply-add counts as two operations; bias adds, norms, activations and pooling are not
@@ -75,7 +82,8 @@ def summarize(
 
     Returns ``(rows, totals)``. ``rows``, in call order, one per module call that owns
     parameters or does conv/dense work: ``name`` ('layer1_0/conv1'), ``type`` ('Conv'),
-    ``output_shape``, ``params`` (counted at a module's first call only), ``flops`` (2 x MACs).
+    ``output_shape``, ``params`` (counted at a module's first call only), ``flops`` (2 x MACs),
+    ``receptive_field`` and ``stride`` (text, in input pixels; module docstring).
     ``totals``: ``params`` (all of the ``params`` collection; equals the sum over rows),
     ``flops``, ``macs``, ``state`` (other collections, e.g. batch-norm statistics), ``batch``,
     ``input_shape``. ``call_kwargs`` go to the model's ``__call__`` (default ``train=False``).
@@ -110,10 +118,11 @@ def summarize(
 
     with nn.intercept_methods(interceptor):
         jax.eval_shape(apply, variables, x)
+    fields = _fields(apply, variables, x, len(records))
 
     rows: list[Row] = []
     seen: set[tuple[str, ...]] = set()
-    for rec in records:
+    for rec, field in zip(records, fields):
         own = _direct_params(params, rec["path"])
         n_params = 0 if rec["path"] in seen else _size(own)
         seen.add(rec["path"])
@@ -126,6 +135,8 @@ def summarize(
             "output_shape": rec["out"],
             "params": n_params,
             "flops": flops,
+            "receptive_field": _field_text(field, "size"),
+            "stride": _field_text(field, "jump"),
         })
     total_flops = sum(r["flops"] for r in rows)
     totals = {
@@ -139,6 +150,39 @@ def summarize(
     return rows, totals
 
 
+def _fields(apply: Any, variables: Any, x: Any, count: int) -> list:
+    """The receptive field of the first output array of each module call, in call order (the
+    order ``summarize``'s interceptor records them: a slot at entry, filled at exit)."""
+    from jaxvision.models.receptive_field import receptive_fields
+
+    def collect(x, variables):
+        outs: list = []
+
+        def interceptor(next_fun, args, kwargs, context):
+            if context.method_name != "__call__":
+                return next_fun(*args, **kwargs)
+            slot = len(outs)
+            outs.append(None)
+            out = next_fun(*args, **kwargs)
+            leaves = [v for v in jax.tree.leaves(out) if hasattr(v, "shape")]
+            outs[slot] = leaves[0] if leaves else jnp.zeros(())
+            return out
+        with nn.intercept_methods(interceptor):
+            apply(variables, x)
+        return outs
+    fields = receptive_fields(collect, x, variables)
+    return fields if len(fields) == count else [None] * count
+
+
+def _field_text(field: Any, what: str) -> str:
+    if field is None:
+        return ""
+    if field.is_global:
+        return "all"
+    values = [int(v) if float(v).is_integer() else round(float(v), 2) for v in getattr(field, what)]
+    return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
+
+
 def _human(n: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
@@ -148,13 +192,14 @@ def _human(n: float) -> str:
 
 def format_table(rows: Sequence[Row], totals: dict[str, Any]) -> str:
     """Returns a fixed-width text table of ``rows`` followed by the totals lines."""
-    header = ("Layer", "Type", "Output shape", "Params", "FLOPs")
+    header = ("Layer", "Type", "Output shape", "RF", "Stride", "Params", "FLOPs")
     body = [
-        (r["name"], r["type"], str(r["output_shape"]), f"{r['params']:,}", f"{r['flops']:,}")
+        (r["name"], r["type"], str(r["output_shape"]), r.get("receptive_field", ""),
+         r.get("stride", ""), f"{r['params']:,}", f"{r['flops']:,}")
         for r in rows
     ]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
-    align = ("<", "<", "<", ">", ">")
+    align = ("<", "<", "<", ">", ">", ">", ">")
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)).rstrip()

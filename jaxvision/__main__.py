@@ -83,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--workdir", required=True)
     a.add_argument("--force", action="store_true", help="resume runs even if their config changed")
     a.add_argument("--progress", action="store_true", help="progress bars")
+    o = sub.add_parser("overfit", help="train on a few fixed training examples: does the loss go "
+                                       "to ~0 and the metric to its best? (jaxvision/tools/overfit.py)")
+    o.add_argument("--config", required=True)
+    o.add_argument("--num", type=_positive, default=8, help="training examples (default 8)")
+    o.add_argument("--steps", type=_positive, default=200)
+    o.add_argument("--workdir", default=None, help="default: a new temporary folder")
+    o.add_argument("--progress", action="store_true", help="progress bar")
     c = sub.add_parser("crossval", help="k-fold cross-validation over the training split")
     c.add_argument("--config", required=True)
     c.add_argument("--workdir", required=True)
@@ -199,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args, overrides, get_config) -> int:
-    if args.command in ("train", "eval", "bench", "ensemble", "probe"):
+    if args.command in ("train", "eval", "bench", "ensemble", "probe", "overfit"):
         # First, before anything touches JAX devices: join the other processes of a multi-process
         # job (a no-op for a plain single-process run; see jaxvision/distributed.py).
         from jaxvision import distributed
@@ -284,6 +291,13 @@ def _run(args, overrides, get_config) -> int:
                           progress=args.progress)
         print(markdown(result))
         _print_json(result.to_json())
+    elif args.command == "overfit":
+        from jaxvision.tools.overfit import overfit, report
+        result = overfit(config, num=args.num, steps=args.steps, workdir=args.workdir,
+                         progress=args.progress)
+        print(report(result))
+        _print_json(result.to_json())
+        return 0 if result.passed else 1
     elif args.command == "probe":
         from jaxvision.tools.probe import run_probe, summary_json
         rows = run_probe(config, args.workdir, checkpoint=args.checkpoint,

@@ -90,6 +90,17 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--steps", type=_positive, default=200)
     o.add_argument("--workdir", default=None, help="default: a new temporary folder")
     o.add_argument("--progress", action="store_true", help="progress bar")
+    iv = sub.add_parser("invariance", help="feature distance per layer and true-class probability "
+                                           "under translate / scale / rotate (jaxvision/tools/invariance.py)")
+    iv.add_argument("--config", default=None, help="default: the config the workdir recorded")
+    iv.add_argument("--workdir", required=True)
+    iv.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
+    iv.add_argument("--transform", required=True, choices=("translate", "scale", "rotate"))
+    iv.add_argument("--range", default="", help="--range=START,STOP,COUNT amounts (with '=' when "
+                    "START is negative; default: translate -16,16,9 px; scale 0.5,1.5,9; rotate "
+                    "-90,90,9 degrees)")
+    iv.add_argument("--num", type=_positive, default=100, help="eval images")
+    iv.add_argument("--out", default=None, help="output directory (default: the workdir)")
     c = sub.add_parser("crossval", help="k-fold cross-validation over the training split")
     c.add_argument("--config", required=True)
     c.add_argument("--workdir", required=True)
@@ -263,7 +274,7 @@ def _run(args, overrides, get_config) -> int:
         from jaxvision.tools.import_weights import import_weights
         _print_json(import_weights(args.model, args.source, args.out, classes=args.classes))
         return 0
-    if args.command in ("eval", "probe") and args.config is None:
+    if args.command in ("eval", "probe", "invariance") and args.config is None:
         # The run says which experiment and config it is (its workdir's config.json).
         from jaxvision.config import workdir_config
         config = workdir_config(args.workdir, None, overrides)
@@ -291,6 +302,21 @@ def _run(args, overrides, get_config) -> int:
                           progress=args.progress)
         print(markdown(result))
         _print_json(result.to_json())
+    elif args.command == "invariance":
+        import numpy as _np
+        from jaxvision.config import ConfigError as _config_error
+        from jaxvision.tools.invariance import invariance
+        amounts = None
+        if args.range:
+            try:
+                lo, hi, n = (float(v) for v in args.range.split(","))
+            except ValueError:
+                raise _config_error(f"--range {args.range!r} must be START,STOP,COUNT (e.g. -16,16,9).") from None
+            amounts = list(_np.linspace(lo, hi, int(n)))
+        result = invariance(config, args.workdir, args.transform, amounts, num=args.num,
+                            checkpoint=args.checkpoint, out=args.out)
+        print(f"wrote {result['png']} and {result['csv']}")
+        _print_json(result)
     elif args.command == "overfit":
         from jaxvision.tools.overfit import overfit, report
         result = overfit(config, num=args.num, steps=args.steps, workdir=args.workdir,

@@ -200,3 +200,19 @@ def test_stereo_evaluator_reads_kitti_noc_maps(tmp_path):
     got = ev.compute()
     assert got["EPE"] == pytest.approx(5 * 2 / 6) and got["EPE_noc"] == 0.0
     assert got["D1"] == pytest.approx(100 * 2 / 6) and got["D1_noc"] == 0.0
+
+
+@pytest.mark.parametrize("name,kwargs", [("classical", {}), ("mccnn", dict(width=4, depth=2)),
+                                         ("dispnet_c", dict(widths=(4, 4, 8, 8))),
+                                         ("gcnet", dict(width=4, unary_blocks=1, scale=2)),
+                                         ("gcnet", dict(width=4, unary_blocks=1, scale=4))])
+def test_models_give_a_full_resolution_map_for_odd_sizes(name, kwargs):
+    from jaxvision.models.stereo import STEREO_MODELS
+    model = STEREO_MODELS[name](max_disparity=9, **kwargs)
+    x = jax.ShapeDtypeStruct((2, 27, 41, 6), jnp.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+    assert out["disparity"].shape == (2, 27, 41)
+    assert all(d.shape == (2, 27, 41) for d in out["disparities"])
+    if "cost" in out:
+        assert out["cost"].shape == (2, 27, 41, 10)

@@ -164,29 +164,35 @@ class _Res3D(nn.Module):
 
 
 class GCNet(nn.Module):
-    """GC-Net (Kendall et al., 2017), reduced to train on a CPU: unary features at 1/2
-    resolution (a 5x5 stride-2 convolution and ``unary_blocks`` residual blocks of ``width``
-    channels), the concatenation cost volume over ``D / 2`` disparities, a 3-D encoder-decoder
-    (3x3x3 convolutions, two stride-2 levels, transposed 3-D convolutions with skips), a last
-    transposed 3-D convolution to one channel at full resolution and ``D`` disparities, and
-    the soft-argmin over them."""
+    """GC-Net (Kendall et al., 2017), reduced to train on a CPU: unary features at 1/``scale``
+    resolution (a 5x5 stride-2 convolution, one more stride-2 convolution for ``scale=4``, and
+    ``unary_blocks`` residual blocks of ``width`` channels), the concatenation cost volume over
+    ``D / scale`` disparities, a 3-D encoder-decoder (3x3x3 convolutions, two stride-2 levels,
+    transposed 3-D convolutions with skips), a last transposed 3-D convolution to one channel
+    (at full resolution and ``D`` disparities for ``scale=2``; ``scale=4`` resizes the cost
+    volume by 2 more, trilinearly), and the soft-argmin over the disparities."""
 
     max_disparity: int
     width: int = 16
     unary_blocks: int = 2
+    scale: int = 2           # the cost volume's resolution: 1/2 (the paper's) or 1/4
     dtype: Any = jnp.float32
 
     def _levels(self) -> int:
-        # Disparities at 1/2 resolution: a multiple of 4 (two stride-2 3-D levels) covering max.
-        half = -(-(self.max_disparity + 1) // 2)
-        return -(-half // 4) * 4
+        # Disparities at 1/scale resolution: a multiple of 4 (two stride-2 3-D levels) covering max.
+        part = -(-(self.max_disparity + 1) // self.scale)
+        return -(-part // 4) * 4
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> dict:
+        if self.scale not in (2, 4):
+            raise ValueError(f"GCNet scale must be 2 or 4 (the cost volume's 1/scale resolution); got {self.scale}.")
         h, w = x.shape[1:3]
-        left, right = split_pair(_pad_to(x, 8).astype(self.dtype))
+        left, right = split_pair(_pad_to(x, 4 * self.scale).astype(self.dtype))
         f = self.width
         conv0 = layers.conv(f, 5, "unary0", self.dtype, jnp.float32, "he", stride=2)
+        extra = (layers.conv(f, 3, "unary_down", self.dtype, jnp.float32, "he", stride=2)
+                 if self.scale == 4 else None)
         blocks = [(layers.conv(f, 3, f"unary{i}a", self.dtype, jnp.float32, "he"),
                    layers.conv(f, 3, f"unary{i}b", self.dtype, jnp.float32, "he"))
                   for i in range(1, self.unary_blocks + 1)]
@@ -194,6 +200,8 @@ class GCNet(nn.Module):
 
         def unary(z):
             z = nn.relu(conv0(z))
+            if extra is not None:
+                z = nn.relu(extra(z))
             for a, b in blocks:
                 z = nn.relu(z + b(nn.relu(a(z))))
             return last(z)
@@ -208,7 +216,10 @@ class GCNet(nn.Module):
                                                  dtype=self.dtype, name=name)
         u2 = nn.relu(up(2 * f, "up2")(c3)) + c2
         u1 = nn.relu(up(f, "up1")(u2)) + c1
-        cost = up(1, "up0")(u1)[..., 0].astype(jnp.float32)             # (B, D, H, W)
+        cost = up(1, "up0")(u1)[..., 0].astype(jnp.float32)             # (B, 2L, H*2/scale, ...)
+        if self.scale == 4:  # the last factor 2 in disparity and space by trilinear resizing
+            b, d, hh, ww = cost.shape
+            cost = jax.image.resize(cost, (b, 2 * d, 2 * hh, 2 * ww), "linear")
         disp = ops.soft_argmin(cost, axis=1)[:, :h, :w]
         return {"disparity": disp, "disparities": (disp,)}
 

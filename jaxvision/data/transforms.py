@@ -361,32 +361,27 @@ class Rescale(_Spec):
 
     def __post_init__(self):
         if not float(self.factor) > 0:
-            raise ValueError(f"rescale: factor must be > 0; got {self.factor!r}.")
+            raise ValueError(f"{self.name}: factor must be > 0; got {self.factor!r}.")
 
-    def __call__(self, example: Example, rng: np.random.Generator) -> Example:
+    def size_of(self, example: Example) -> tuple[int, int]:
         h, w = _hw(example)
         f = float(self.factor)
-        return resize(example, max(1, round(h * f)), max(1, round(w * f)))
+        return max(1, round(h * f)), max(1, round(w * f))
+
+    def __call__(self, example: Example, rng: np.random.Generator) -> Example:
+        return resize(example, *self.size_of(example))
 
 
 @register("resize_inputs")
 @dataclasses.dataclass(frozen=True)
-class ResizeInputs(_Spec):
+class ResizeInputs(Rescale):
     """Resizes the images (``image``, ``image_right``) by ``factor`` and leaves every target at
     the file's resolution, for scoring there: evaluators that read a dense target of another
     size than the prediction (``stereo``, ``segmentation``) resize the prediction back. Use it
     in ``data.eval_pp`` with one example per eval batch when sizes differ (Middlebury)."""
 
-    factor: float
-
-    def __post_init__(self):
-        if not float(self.factor) > 0:
-            raise ValueError(f"resize_inputs: factor must be > 0; got {self.factor!r}.")
-
     def __call__(self, example: Example, rng: np.random.Generator) -> Example:
-        h, w = _hw(example)
-        f = float(self.factor)
-        size = (max(1, round(h * f)), max(1, round(w * f)))
+        size = self.size_of(example)
         return {**example, **{k: _resize_image(example[k], *size) for k in IMAGE_KEYS if k in example}}
 
 

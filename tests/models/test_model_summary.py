@@ -67,7 +67,7 @@ def test_format_table_lists_every_row_and_the_totals():
     rows, totals = summarize(build_model("mlp", hidden=(16,)), (4, 4, 1))
     text = format_table(rows, totals)
     lines = text.splitlines()
-    assert lines[0].split() == ["Layer", "Type", "Output", "shape", "Params", "FLOPs"]
+    assert lines[0].split() == ["Layer", "Type", "Output", "shape", "RF", "Stride", "Params", "FLOPs"]
     assert any(line.startswith("fc1 ") for line in lines) and any(line.startswith("head ") for line in lines)
     assert f"Total params: {totals['params']:,}" in text
     assert totals["params"] == 16 * 16 + 16 + 16 * 10 + 10

@@ -73,7 +73,7 @@ _layer = st.tuples(st.sampled_from(["conv", "conv", "avg"]), st.integers(1, 4), 
                    st.integers(1, 2)).map(lambda t: t if t[0] == "conv" else (t[0], t[1], t[2], 1))
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(layers=st.lists(_layer, min_size=1, max_size=4), residual=st.booleans())
 def test_closed_form_equals_the_gradient_support(layers, residual):
     model = _Stack(tuple(layers), residual)

@@ -34,7 +34,7 @@ from jaxvision.data.local import (BadFile, _FileSource, _get, _open_image, _requ
 from jaxvision.data.source import DataError, SourceInfo
 
 NAME = "kitti2015"
-_LAYOUT = ("training/image_2/<id>_10.png (left), training/image_3/<id>_10.png (right), "
+_LAYOUT = ("a folder with training/image_2/<id>_10.png (left), training/image_3/<id>_10.png (right), "
            "training/disp_occ_0/<id>_10.png (16-bit, value / 256 = pixels, 0 = invalid) "
            "[+ training/disp_noc_0/]")
 SPLITS = ("training", "all", "train", "val")

@@ -341,7 +341,8 @@ def maskrcnn_synthetic() -> ml_collections.ConfigDict:
     config.model.mask_head = True
     # A head sized for this CPU and 64-px scenes (objects under ~25 px): 7 x 7 RoIAlign, two
     # 32-channel convolutions, 14 x 14 masks. The paper's 14 x 14 / four 256-channel head (or
-    # even 64 channels) made a step take over 15 s at batch 32 here.
+    # even its default 64 channels: 35 s a step at batch 32 in a `bench` that shared the cores
+    # with a training run) is far too slow for this CPU.
     config.model.update(dict(mask_size=7, mask_convs=2, mask_width=32))
     config.evals.coco_mask = eval_config("coco", iou_type="segm")
     return config

@@ -91,11 +91,13 @@ def _losses(config: Any, model, variables: dict, batch: dict, key, train: bool):
         _check_target(batch, out)
         scales = out["disparities"]
         weights = tuple(c.scale_weights)[-len(scales):] if c.scale_weights else (1.0,) * len(scales)
-        total, pixels = 0.0, None
+        total = 0.0
         for w, d in zip(weights, scales):
             term = losses.disparity_loss(d, batch["disparity"], beta=float(c.beta))
-            pixels = jnp.maximum(jnp.sum(term.pixels * valid), 1.0)
-            total = total + float(w) * jnp.sum(term.values * valid) / pixels
+            # Every scale is scored on the same ground-truth pixels, so one count serves all.
+            total = total + float(w) * jnp.sum(term.values * valid)
+        pixels = jnp.maximum(jnp.sum(term.pixels * valid), 1.0)
+        total = total / pixels
         final = losses.disparity_loss(out["disparity"], batch["disparity"], beta=0.0)
         mets["loss"] = (jnp.sum(final.values * valid), jnp.sum(final.pixels * valid))  # EPE
     elif c.kind == "self_supervised":

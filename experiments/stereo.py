@@ -290,7 +290,7 @@ def default() -> ml_collections.ConfigDict:
     return dispnet_synthetic()
 
 
-def _middlebury_eval(config: ml_collections.ConfigDict, scale: float) -> ml_collections.ConfigDict:
+def middlebury_eval(config: ml_collections.ConfigDict, scale: float) -> ml_collections.ConfigDict:
     """Scores on the four Middlebury pairs of ../shared/data (``data.path``), one pair per
     batch, every pixel with ground truth, at full resolution: the model sees the pair resized
     by ``scale`` and the evaluator resizes its map back (values / ``scale``)."""
@@ -304,7 +304,7 @@ def _middlebury_eval(config: ml_collections.ConfigDict, scale: float) -> ml_coll
 def ncc_middlebury() -> ml_collections.ConfigDict:
     """No training: the NCC baseline on the four Middlebury pairs at full resolution (13x13
     windows, disparities 0-64 for every pair)."""
-    config = _middlebury_eval(ncc_baseline(), 1.0)
+    config = middlebury_eval(ncc_baseline(), 1.0)
     config.model.max_disparity, config.model.window = 64, 13
     config.train.batch_size = 1  # the one empty step reads a pair: they differ in size
     return config
@@ -316,7 +316,7 @@ def selfsup_middlebury() -> ml_collections.ConfigDict:
     halved (disparities up to ~28 px) and cut into random 128 x 128 crops; start it from a
     procedural run of the same model and range with ``--config.transfer.workdir=...``
     (``dispnet_synthetic`` with ``--config.model.max_disparity=32``)."""
-    config = _middlebury_eval(dispnet_synthetic(), 0.5)
+    config = middlebury_eval(dispnet_synthetic(), 0.5)
     config.model.max_disparity = 32
     config.data.keys = ("image", "image_right", "disparity", "disparity_right")
     config.data.train_pp = "resize_inputs(0.5)|random_crop(128)"

@@ -1,7 +1,7 @@
 """The command line: ``python -m jaxvision <command> ...``.
 
 Commands: ``train``, ``eval``, ``list``, ``summary``, ``bench``, ``data prepare``, ``data show``,
-``ablate``, ``crossval``, ``probe``, ``ensemble``, ``predict``, ``export``, ``import-weights``.
+``ablate``, ``sweep``, ``crossval``, ``probe``, ``ensemble``, ``predict``, ``explain``, ``export``, ``import-weights``.
 Config overrides follow the other flags as ``--config.<key>=<value>`` (or ``--config.<key> <value>``).
 Commands that report numbers print one JSON object on the last line of stdout.
 """
@@ -16,21 +16,22 @@ from typing import Sequence
 import numpy as np
 
 
-def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separates ``--config.k=v`` / ``--config.k v`` overrides from the other arguments."""
+def _split_overrides(argv: Sequence[str], prefix: str = "--config.") -> tuple[list[str], list[str]]:
+    """Separates ``--config.k=v`` / ``--config.k v`` overrides (or another ``prefix``'s) from
+    the other arguments."""
     rest, overrides = [], []
     argv = list(argv)
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg.startswith("--config."):
+        if arg.startswith(prefix):
             if "=" in arg:
                 overrides.append(arg[2:])
             elif i + 1 < len(argv):
                 overrides.append(f"{arg[2:]}={argv[i + 1]}")
                 i += 1
             else:
-                raise ValueError(f"{arg} needs a value (--config.KEY=VALUE)")
+                raise ValueError(f"{arg} needs a value ({prefix}KEY=VALUE)")
         else:
             rest.append(arg)
         i += 1
@@ -101,6 +102,18 @@ def _parser() -> argparse.ArgumentParser:
                     "-90,90,9 degrees)")
     iv.add_argument("--num", type=_positive, default=100, help="eval images")
     iv.add_argument("--out", default=None, help="output directory (default: the workdir)")
+    sw = sub.add_parser("sweep", help="hyperparameter search with optuna, each trial a resumable "
+                                      "run (jaxvision/tools/sweep.py); --space.KEY=DIST after the flags")
+    sw.add_argument("--config", required=True)
+    sw.add_argument("--workdir", required=True, help="the study's folder (trial_<k>/, study.db)")
+    sw.add_argument("--trials", type=_positive, required=True)
+    sw.add_argument("--metric", default=None, help="default: train.best_metric")
+    sw.add_argument("--mode", default=None, choices=("max", "min"), help="default: train.best_mode")
+    sw.add_argument("--sampler", default="tpe", choices=("tpe", "random"))
+    sw.add_argument("--pruner", default="median", choices=("median", "none"))
+    sw.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    sw.add_argument("--force", action="store_true", help="resume trials even if their config changed")
+    sw.add_argument("--progress", action="store_true", help="progress bars")
     c = sub.add_parser("crossval", help="k-fold cross-validation over the training split")
     c.add_argument("--config", required=True)
     c.add_argument("--workdir", required=True)
@@ -145,6 +158,18 @@ def _parser() -> argparse.ArgumentParser:
                     help="images per device batch (default: train.eval_batch_size)")
     pd.add_argument("--no-pictures", action="store_true", help="write only predictions.jsonl")
     pd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    xp = sub.add_parser("explain", help="occlusion sensitivity, Grad-CAM and first-layer filters "
+                                        "of a classification run (jaxvision/tools/explain.py)")
+    xp.add_argument("--workdir", required=True)
+    xp.add_argument("--config", default=None, help="default: the config the workdir recorded")
+    xp.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
+    xp.add_argument("inputs", nargs="+", help="image files or folders")
+    xp.add_argument("--out", default=None, help="output folder (default: WORKDIR/explain)")
+    xp.add_argument("--class", dest="target", type=int, default=None,
+                    help="the class index to explain (default: the predicted one)")
+    xp.add_argument("--patch", type=int, default=0, help="occluder side in input pixels (default 1/4 of the input)")
+    xp.add_argument("--stride", type=int, default=0, help="occluder step (default patch / 2)")
+    xp.add_argument("--layer", default=None, help="Grad-CAM feature map (default: the last one tapped)")
     ex = sub.add_parser("export", help="serialize the model's predict function (StableHLO, "
                                        "jax.export) with its weights into one file")
     ex.add_argument("--workdir", required=True)
@@ -187,11 +212,16 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_ABORTED = 1, 2, 130
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        rest, overrides = _split_overrides(argv)
+        rest, space = _split_overrides(argv, "--space.")
+        rest, overrides = _split_overrides(rest)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     args = _parser().parse_args(rest)
+    if space and args.command != "sweep":
+        print(f"error: --space.* is a `sweep` flag ({space[0]})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    args.space = dict(s.split("=", 1) for s in space)
     import os
     from jaxvision.config import get_config
     from jaxvision.distributed import DistributedError
@@ -248,11 +278,22 @@ def _run(args, overrides, get_config) -> int:
                                         snapshots=args.snapshots,
                                         checkpoint=None if which == "latest" else which))
         return 0
-    if args.command in ("predict", "export"):
+    if args.command in ("predict", "export", "explain"):
         from jaxvision.inference import load_predictor
         predictor = load_predictor(args.workdir, args.checkpoint, config=args.config,
                                    overrides=overrides,
                                    batch_size=getattr(args, "batch_size", None) or 0)
+        if args.command == "explain":
+            from pathlib import Path
+            from jaxvision.tools.explain import explain
+            result = explain(predictor, args.inputs, args.out or Path(args.workdir) / "explain",
+                             target=args.target, patch=args.patch, stride=args.stride,
+                             layer=args.layer)
+            for r in result["inputs"]:
+                print(f"{r['input']}: class {r['class']} p={r['probability']:.3f}, occluded min "
+                      f"{r['occlusion_min']:.3f}, Grad-CAM at {r['layer']} -> {r['png']}")
+            _print_json({k: v for k, v in result.items() if k != "inputs"})
+            return 0
         if args.command == "export":
             from jaxvision import export
             platforms = [p for p in args.platforms.split(",") if p] or None
@@ -296,6 +337,15 @@ def _run(args, overrides, get_config) -> int:
     elif args.command == "bench":
         from jaxvision.train.bench import bench
         _print_json(bench(config, steps=args.steps))
+    elif args.command == "sweep":
+        from jaxvision.tools.sweep import markdown_table, sweep, write_outputs
+        result = sweep(config, args.workdir, args.space, args.trials, metric=args.metric,
+                       mode=args.mode, sampler=args.sampler, pruner=args.pruner, seed=args.seed,
+                       progress=args.progress, force=args.force)
+        print(markdown_table(result))
+        files = write_outputs(result, args.workdir)
+        print(f"wrote {files['csv']} and {files['png']}")
+        _print_json(result.to_json())
     elif args.command == "crossval":
         from jaxvision.tools.crossval import crossval, markdown
         result = crossval(config, args.workdir, folds=args.folds, force=args.force,

@@ -216,3 +216,22 @@ def test_models_give_a_full_resolution_map_for_odd_sizes(name, kwargs):
     assert all(d.shape == (2, 27, 41) for d in out["disparities"])
     if "cost" in out:
         assert out["cost"].shape == (2, 27, 41, 10)
+
+
+def test_mccnn_aggregated_cost_is_the_box_mean_of_its_raw_cost():
+    from jaxvision.models.stereo import MCCNN
+    x = jax.random.uniform(jax.random.key(1), (1, 9, 12, 6))
+    raw, agg = MCCNN(max_disparity=4, width=4, depth=2), MCCNN(max_disparity=4, width=4, depth=2, aggregate=3)
+    variables = raw.init(jax.random.key(0), x)
+    c0 = np.asarray(raw.apply(variables, x)["cost"], np.float64)[0]
+    out = agg.apply(variables, x)
+    c = np.where(np.isfinite(c0), c0, 2.0)
+    want = np.full_like(c0, np.inf)
+    for y in range(9):
+        for xx in range(12):
+            for d in range(5):
+                if xx >= d:   # the window cut at the border: the mean of the pixels inside
+                    want[y, xx, d] = c[max(y - 1, 0):y + 2, max(xx - 1, 0):xx + 2, d].mean()
+    np.testing.assert_allclose(np.asarray(out["cost"])[0], want, rtol=1e-5)
+    best = np.argmin(want, -1)
+    assert np.all(np.abs(np.asarray(out["wta"])[0] - best) <= 0.5)   # sub-pixel stays within 1/2

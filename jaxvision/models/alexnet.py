@@ -113,7 +113,7 @@ class AlexNet(nn.Module):
                 h = act(make_norm(f"norm{i}")(h))
                 if lrn_after and self.lrn:
                     h = layers.local_response_norm(h)
-                features[name] = h
+                h = features[name] = layers.tap(self, name, h)
             if pool_after:
                 if h.shape[1] < 3 or h.shape[2] < 3:
                     raise ValueError(self._too_small(x, f"the 3x3/2 max pool after {name}", h))
@@ -121,14 +121,14 @@ class AlexNet(nn.Module):
         if h.shape[1:3] != (self.grid, self.grid):
             h = layers.adaptive_avg_pool(h, (self.grid, self.grid))
         h = h.reshape(h.shape[0], -1)
-        features["pool5"] = h
+        h = features["pool5"] = layers.tap(self, "pool5", h)
         for name, size in _FCS:
             if name in self.remove:
                 continue
             if self.dropout > 0:
                 h = layers.Dropout(self.dropout)(h, deterministic=not train)
             h = act(layers.dense(layers.scaled(size, self.width), name, dtype, self.param_dtype, self.kernel_init)(h))
-            features[name] = h
+            h = features[name] = layers.tap(self, name, h)
         out = layers.logits(layers.dense(self.num_classes, "head", dtype, self.param_dtype, self.kernel_init)(h))
         if return_features:
             return out, features

@@ -99,7 +99,7 @@ class DenseNet(nn.Module):
                     self.kernel_init, dtype, self.param_dtype, name=f"block{b}_layer{i}",
                 )(h, train)
                 h = jnp.concatenate([h, new], axis=-1)
-            features[f"block{b}"] = h
+            h = features[f"block{b}"] = layers.tap(self, f"block{b}", h)
             if b < len(self.blocks):
                 out_ch = int(h.shape[-1] * self.compression)
                 h = act(make_norm(f"transition{b}_norm")(h))
@@ -107,7 +107,7 @@ class DenseNet(nn.Module):
                 h = nn.avg_pool(h, (2, 2), strides=(2, 2))
         h = act(make_norm("norm_final")(h))
         h = jnp.mean(h, axis=(1, 2))
-        features["pool"] = h
+        h = features["pool"] = layers.tap(self, "pool", h)
         out = layers.logits(layers.dense(self.num_classes, "head", dtype, self.param_dtype, self.kernel_init)(h))
         if return_features:
             return out, features

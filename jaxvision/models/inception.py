@@ -154,9 +154,9 @@ class GoogLeNet(nn.Module):
                 *(w(c) for c in chans), norm=self.norm, activation=self.activation,
                 kernel_init=self.kernel_init, dtype=dtype, param_dtype=self.param_dtype, name=name,
             )(h, train)
-            features[name] = h
+            h = features[name] = layers.tap(self, name, h)
         h = jnp.mean(h, axis=(1, 2))
-        features["pool"] = h
+        h = features["pool"] = layers.tap(self, "pool", h)
         if self.dropout > 0:
             h = layers.Dropout(self.dropout)(h, deterministic=not train)
         out = layers.logits(layers.dense(self.num_classes, "head", dtype, self.param_dtype, self.kernel_init)(h))

@@ -312,6 +312,20 @@ class ConvTranspose(nn.Module):
         return y
 
 
+TAP_COLLECTION = "taps"
+
+
+def tap(module: nn.Module, name: str, x: Array) -> Array:
+    """``x``, a feature the model returns as ``name`` (``return_features``), made a point where
+    gradients can be read: a caller that passes a ``taps`` collection of zeros (``mutable`` to
+    create it) gets d output / d feature as the gradient of that collection (``flax``'s
+    ``perturb``; Grad-CAM in ``jaxvision/tools/explain.py``). Otherwise the identity, and it
+    never adds variables at ``init``."""
+    if module.is_initializing():
+        return x
+    return module.perturb(f"{name}_tap", x, collection=TAP_COLLECTION)
+
+
 def logits(x: Array) -> Array:
     """Casts head outputs to float32 so losses stay accurate under bfloat16 compute."""
     return x.astype(jnp.float32)

@@ -58,13 +58,13 @@ class LeNet5(nn.Module):
             return layers.conv(features, 5, name, dtype, self.param_dtype, self.kernel_init, padding="VALID")
 
         f: dict[str, Array] = {}
-        f["c1"] = h = act(conv(6, "c1")(h))
-        f["s2"] = h = pool(h, (2, 2), strides=(2, 2))
-        f["c3"] = h = act(conv(16, "c3")(h))
-        f["s4"] = h = pool(h, (2, 2), strides=(2, 2))
-        f["c5"] = h = act(conv(120, "c5")(h))
+        f["c1"] = h = layers.tap(self, "c1", act(conv(6, "c1")(h)))
+        f["s2"] = h = layers.tap(self, "s2", pool(h, (2, 2), strides=(2, 2)))
+        f["c3"] = h = layers.tap(self, "c3", act(conv(16, "c3")(h)))
+        f["s4"] = h = layers.tap(self, "s4", pool(h, (2, 2), strides=(2, 2)))
+        f["c5"] = h = layers.tap(self, "c5", act(conv(120, "c5")(h)))
         h = h.reshape(h.shape[0], -1)
-        f["f6"] = h = act(layers.dense(84, "f6", dtype, self.param_dtype, self.kernel_init)(h))
+        f["f6"] = h = layers.tap(self, "f6", act(layers.dense(84, "f6", dtype, self.param_dtype, self.kernel_init)(h)))
         out = layers.logits(layers.dense(self.num_classes, "head", dtype, self.param_dtype, self.kernel_init)(h))
         if return_features:
             return out, f

@@ -70,7 +70,7 @@ class MLP(nn.Module):
         for i, width in enumerate(self.hidden, start=1):
             h = layers.dense(width, f"fc{i}", dtype, self.param_dtype, self.kernel_init)(h)
             h = act(make_norm(f"norm{i}")(h))
-            features[f"fc{i}"] = h
+            h = features[f"fc{i}"] = layers.tap(self, f"fc{i}", h)
             if self.dropout > 0:
                 h = layers.Dropout(self.dropout)(h, deterministic=not train)
         out = layers.logits(layers.dense(self.num_classes, "head", dtype, self.param_dtype, self.kernel_init)(h))

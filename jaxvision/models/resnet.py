@@ -144,7 +144,7 @@ class ResNet(nn.Module):
         else:
             h = layers.conv(stem_width, 3, "conv1", dtype, self.param_dtype, self.kernel_init, padding=1, use_bias=bias)(h)
             h = act(make_norm("norm1")(h))
-        features["stem"] = h
+        h = features["stem"] = layers.tap(self, "stem", h)
         stride, dilation = (4 if self.stem == "imagenet" else 1), 1
         for s, (n_blocks, w) in enumerate(zip(self.stage_sizes, self.widths), start=1):
             first_stride, previous = (2 if s > 1 else 1), dilation
@@ -168,9 +168,9 @@ class ResNet(nn.Module):
                     param_dtype=self.param_dtype,
                     name=f"layer{s}_{b}",
                 )(h, train)
-            features[f"layer{s}"] = h
+            h = features[f"layer{s}"] = layers.tap(self, f"layer{s}", h)
         h = jnp.mean(h, axis=(1, 2))
-        features["pool"] = h
+        h = features["pool"] = layers.tap(self, "pool", h)
         if self.dropout > 0:
             h = layers.Dropout(self.dropout)(h, deterministic=not train)
         out = layers.logits(layers.dense(self.num_classes, "head", dtype, self.param_dtype, self.kernel_init)(h))

@@ -57,11 +57,11 @@ class SmallCNN(nn.Module):
                     self.kernel_init, use_bias=self.norm == "none",
                 )(h)
                 h = act(make_norm(f"stage{s}_norm{b}")(h))
-            features[f"stage{s}"] = h
+            h = features[f"stage{s}"] = layers.tap(self, f"stage{s}", h)
             if s < len(self.widths):
                 h = pool(h, (2, 2), strides=(2, 2))
         h = h.reshape(h.shape[0], -1) if self.flatten else jnp.mean(h, axis=(1, 2))
-        features["pool"] = h
+        h = features["pool"] = layers.tap(self, "pool", h)
         if self.dropout > 0:
             h = layers.Dropout(self.dropout)(h, deterministic=not train)
         out = layers.logits(layers.dense(self.num_classes, "head", dtype, self.param_dtype, self.kernel_init)(h))

@@ -79,12 +79,16 @@ class MCCNN(nn.Module):
     matching cost ``1 - cosine similarity`` at every disparity. ``disparity`` is the soft-argmin
     of ``-similarity / temperature`` (differentiable, for the regression and self-supervised
     losses); ``wta`` is the classical winner-takes-all on the cost (what ``predict`` reports
-    when ``inference='wta'``)."""
+    when ``inference='wta'``), after averaging it over ``aggregate`` x ``aggregate`` windows
+    when ``aggregate`` > 1 (a box filter: the paper's cross-based aggregation and semi-global
+    matching are not built; a disparity outside the other image counts as the worst cost, 2,
+    in the average)."""
 
     max_disparity: int
     width: int = 64
     depth: int = 4
     temperature: float = 0.05
+    aggregate: int = 0
     dtype: Any = jnp.float32
 
     def setup(self):
@@ -107,6 +111,8 @@ class MCCNN(nn.Module):
         ok = jnp.arange(w)[:, None] >= jnp.arange(self.max_disparity + 1)[None, :]
         cost = jnp.where(ok, 1.0 - sim, jnp.inf)
         disp = ops.soft_argmin(jnp.where(ok, -sim / self.temperature, jnp.inf))
+        if self.aggregate > 1:
+            cost = jnp.where(ok, ops.box_mean(jnp.where(ok, cost, 2.0), self.aggregate), jnp.inf)
         return {"disparity": disp, "disparities": (disp,), "cost": cost,
                 "wta": ops.winner_takes_all(cost)}
 

@@ -62,15 +62,15 @@ class VGG(nn.Module):
                 name = f"conv{s}_{i}"
                 h = layers.conv(layers.scaled(w, self.width), 3, name, dtype, self.param_dtype, self.kernel_init)(h)
                 h = act(make_norm(f"norm{s}_{i}")(h))
-                features[name] = h
+                h = features[name] = layers.tap(self, name, h)
             h = nn.max_pool(h, (2, 2), strides=(2, 2))
-            features[f"pool{s}"] = h
+            h = features[f"pool{s}"] = layers.tap(self, f"pool{s}", h)
         if h.shape[1:3] != (self.grid, self.grid):
             h = layers.adaptive_avg_pool(h, (self.grid, self.grid))
         h = h.reshape(h.shape[0], -1)
         for name in ("fc6", "fc7"):
             h = act(layers.dense(self.fc_width, name, dtype, self.param_dtype, self.kernel_init)(h))
-            features[name] = h
+            h = features[name] = layers.tap(self, name, h)
             if self.dropout > 0:
                 h = layers.Dropout(self.dropout)(h, deterministic=not train)
         out = layers.logits(layers.dense(self.num_classes, "head", dtype, self.param_dtype, self.kernel_init)(h))

@@ -339,11 +339,17 @@ def _restore(run: Run, ckpt: Checkpointer, which: str | int | None = None):
 
 def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | None = None,
           force: bool = False, progress: bool = True, stop_at: int | None = None,
-          sources: tuple[Any, Any] | None = None) -> dict:
+          sources: tuple[Any, Any] | None = None,
+          on_eval: Callable[[int, dict], bool] | None = None) -> dict:
     """Trains (or resumes) ``config`` in ``workdir``; returns the final eval metrics.
 
     ``stop_at`` interrupts the run after that step with a checkpoint, as a pre-emption would
-    (for time-sliced jobs and resume tests); training again in ``workdir`` continues it.
+    (for time-sliced jobs and resume tests); training again in ``workdir`` continues it, and
+    the result is ``{"preempted": True, "step": ...}``.
+
+    ``on_eval(step, metrics)`` is called after each evaluation before the last (with its
+    checkpoint written); returning True stops the run there (a sweep's pruning) and the result
+    is those metrics with ``"stopped": True`` and ``"step"``.
 
     Stops early, with a checkpoint, on SIGTERM; raises ``TrainingError`` on a non-finite loss or
     gradient (the last checkpoint, written before that step, stays intact). ``sources``: see
@@ -360,10 +366,12 @@ def train(config: Any, workdir: str | Path, *, experiment: Experiment | str | No
             config.experiment = f"{split_spec(exp.spec)[0]}:{split_spec(recorded or exp.spec)[1]}"
     with WorkdirLock(workdir):   # first: a second trainer stops before building anything
         run = build(config, exp, sources)
-        return _train(run, workdir, force=force, progress=progress, stop_at=stop_at)
+        return _train(run, workdir, force=force, progress=progress, stop_at=stop_at,
+                      on_eval=on_eval)
 
 
-def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int | None) -> dict:
+def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int | None,
+           on_eval: Callable[[int, dict], bool] | None = None) -> dict:
     config, exp = run.config, run.exp
     is_main = jax.process_index() == 0
     tc = config.train
@@ -500,6 +508,12 @@ def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int
                 if step < total and (do_eval or (int(tc.checkpoint_every) > 0
                                                  and step % int(tc.checkpoint_every) == 0)):
                     save(step, results if do_eval else None)
+                if do_eval and on_eval is not None and on_eval(step, results):
+                    ckpt.wait()
+                    writer.message(f"stopped at step {step} by the evaluation callback")
+                    writer.close()
+                    ckpt.close()
+                    return {**results, "stopped": True, "step": step}
                 if patience and since_best >= patience:
                     writer.message(f"early stopping at step {step}: no improvement of "
                                    f"{tc.best_metric} in {patience} evaluations")

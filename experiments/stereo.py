@@ -268,7 +268,7 @@ def mccnn_synthetic() -> ml_collections.ConfigDict:
     """MC-CNN fast with 32 channels (the paper's 64 ran at 4.4 images/s here), 4 x 3x3
     convolutions, trained through the soft-argmin of its similarity; evaluated by
     winner-takes-all on its learned cost."""
-    return _base("mccnn", width=32, depth=4, temperature=0.05, inference="wta")
+    return _base("mccnn", width=32, depth=4, temperature=0.05, aggregate=0, inference="wta")
 
 
 def dispnet_synthetic() -> ml_collections.ConfigDict:
@@ -328,6 +328,23 @@ def selfsup_middlebury() -> ml_collections.ConfigDict:
     return config
 
 
+def mccnn_selfsup_middlebury() -> ml_collections.ConfigDict:
+    """MC-CNN fine-tuned self-supervised on the four Middlebury pairs at full resolution (random
+    128 x 128 crops, disparities 0-64; transductive, as ``selfsup_middlebury``), scored by
+    winner-takes-all on its cost averaged over 5 x 5 windows. Start it from
+    ``mccnn_synthetic`` with ``--config.transfer.workdir=...`` (its parameters do not depend
+    on the disparity range)."""
+    config = middlebury_eval(mccnn_synthetic(), 1.0)
+    config.model.max_disparity, config.model.aggregate = 64, 5
+    config.data.train_pp = "random_crop(128)"
+    config.data.input_shape = (128, 128, 3)
+    config.loss.kind = "self_supervised"
+    config.optim.lr, config.optim.warmup_steps = 1e-4, 0
+    config.train.batch_size, config.train.steps = 4, 500
+    config.train.eval_every = config.train.checkpoint_every = 250
+    return config
+
+
 def kitti2015() -> ml_collections.ConfigDict:
     """DispNet-C on KITTI 2015 for users with the data (``data.path``: the ``data_scene_flow``
     folder; not on this machine): trained on the first 160 training pairs halved, in random
@@ -355,5 +372,6 @@ CONFIGS = {
     "gcnet_synthetic": gcnet_synthetic,
     "ncc_middlebury": ncc_middlebury,
     "selfsup_middlebury": selfsup_middlebury,
+    "mccnn_selfsup_middlebury": mccnn_selfsup_middlebury,
     "kitti2015": kitti2015,
 }

@@ -102,12 +102,9 @@ def _names(info: SourceInfo, count: int) -> list[str]:
 
 def _label_map(outputs: dict, hw: tuple[int, int] | None = None) -> np.ndarray:
     """The argmax class map, resized (nearest) to ``hw``."""
+    from jaxvision.viz import resize_nearest
     labels = np.argmax(np.asarray(outputs["mask_logits"]), -1)
-    if hw is not None and labels.shape != tuple(hw):
-        rows = np.minimum((np.arange(hw[0]) * labels.shape[0]) // hw[0], labels.shape[0] - 1)
-        cols = np.minimum((np.arange(hw[1]) * labels.shape[1]) // hw[1], labels.shape[1] - 1)
-        labels = labels[rows[:, None], cols[None, :]]
-    return labels
+    return labels if hw is None else resize_nearest(labels, hw)
 
 
 def describe(config: Any, outputs: dict, info: SourceInfo) -> dict:

@@ -343,18 +343,29 @@ def colorize(values: np.ndarray, vmax: float, cmap: str = "viridis") -> np.ndarr
     return np.where(ok[..., None], rgb, 0.0)
 
 
+def resize_nearest(a: np.ndarray, hw: Sequence[int]) -> np.ndarray:
+    """``a`` (h, w, ...) resized to ``hw`` by nearest-neighbour indexing (labels stay labels)."""
+    h, w = int(hw[0]), int(hw[1])
+    if a.shape[:2] == (h, w):
+        return a
+    rows = np.minimum(np.arange(h) * a.shape[0] // h, a.shape[0] - 1)
+    cols = np.minimum(np.arange(w) * a.shape[1] // w, a.shape[1] - 1)
+    return a[rows[:, None], cols[None, :]]
+
+
 def disparity_panel(image: np.ndarray, pred: np.ndarray, target: np.ndarray | None = None) -> np.ndarray:
     """One row (H, k * W, 3) float in [0, 1]: the left image, the predicted disparity, and
     when ``target`` is given the true disparity on the same colour scale (viridis, 0 to the
     largest true or predicted value) and the absolute error (magma, 0-5 px; black where there
-    is no ground truth). ``pred`` of another size than the image is resized (nearest) to it."""
+    is no ground truth). Drawn at the size of ``target`` when given, else of ``image``; the
+    image and a ``pred`` of another size are resized (nearest) to it, ``pred``'s values scaled
+    with its width."""
     img = image_for_display(image)
-    h, w = img.shape[:2]
+    h, w = np.shape(target)[:2] if target is not None else img.shape[:2]
+    img = resize_nearest(img, (h, w))
     pred = np.asarray(pred, np.float64)
     if pred.shape != (h, w):
-        rows = np.minimum(np.arange(h) * pred.shape[0] // h, pred.shape[0] - 1)
-        cols = np.minimum(np.arange(w) * pred.shape[1] // w, pred.shape[1] - 1)
-        pred = pred[rows[:, None], cols[None, :]] * (w / pred.shape[1])
+        pred = resize_nearest(pred, (h, w)) * (w / pred.shape[1])
     panels = [img]
     if target is None:
         panels.append(colorize(pred, float(np.nanmax(pred, initial=1.0))))

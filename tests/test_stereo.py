@@ -75,7 +75,11 @@ def test_self_supervised_training_lowers_its_loss_without_ground_truth(tmp_path,
     config = _tiny(shrink, "dispnet_synthetic")
     config.loss.kind = "self_supervised"
     config.data.keys = ("image", "image_right", "disparity")    # the loss never reads it
+    # As selfsup_middlebury: the model sees the pair halved, the scores and pictures are drawn
+    # at the ground truth's size.
+    config.data.eval_pp, config.model.report_pictures = "resize_inputs(0.5)", 2
     results = loop.train(config, tmp_path, experiment=load_experiment(SPEC), progress=False)
+    assert (tmp_path / "disparities.png").stat().st_size > 1000
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r.get("split") == "train"]
     assert train[-1]["loss"] < train[0]["loss"]

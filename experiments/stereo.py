@@ -329,14 +329,14 @@ def selfsup_middlebury() -> ml_collections.ConfigDict:
 
 
 def mccnn_selfsup_middlebury() -> ml_collections.ConfigDict:
-    """MC-CNN fine-tuned self-supervised on the four Middlebury pairs at full resolution (random
-    128 x 128 crops, disparities 0-64; transductive, as ``selfsup_middlebury``), scored by
-    winner-takes-all on its cost averaged over 5 x 5 windows. Start it from
+    """MC-CNN fine-tuned self-supervised on the four Middlebury pairs (transductive, as
+    ``selfsup_middlebury``): the pairs halved (disparities up to ~28 px), random 128 x 128
+    crops, scored by winner-takes-all on its cost averaged over 5 x 5 windows. Start it from
     ``mccnn_synthetic`` with ``--config.transfer.workdir=...`` (its parameters do not depend
     on the disparity range)."""
-    config = middlebury_eval(mccnn_synthetic(), 1.0)
-    config.model.max_disparity, config.model.aggregate = 64, 5
-    config.data.train_pp = "random_crop(128)"
+    config = middlebury_eval(mccnn_synthetic(), 0.5)
+    config.model.max_disparity, config.model.aggregate = 32, 5
+    config.data.train_pp = "resize_inputs(0.5)|random_crop(128)"
     config.data.input_shape = (128, 128, 3)
     config.loss.kind = "self_supervised"
     config.optim.lr, config.optim.warmup_steps = 1e-4, 0

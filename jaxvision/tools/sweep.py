@@ -15,7 +15,9 @@ its checkpoints (optuna records it as a new trial that names the old workdir; th
 as FAIL with ``superseded``). Trials are pruned with optuna's median rule on the metric at each
 evaluation (``--pruner none`` turns it off; the first 5 trials are never pruned). The objective is
 ``train.best_metric`` with ``train.best_mode`` unless ``metric`` / ``mode`` say otherwise.
-A diverging trial (non-finite loss) is recorded as FAIL and the sweep goes on.
+A diverging trial (non-finite loss) is recorded as FAIL and the sweep goes on. The sampler is
+seeded (``seed``), so a sweep run without interruption is reproducible; after a resume the
+sampler starts afresh from the stored trials, so later suggestions may differ.
 
 Outputs in ``DIR``: ``sweep.csv`` (one row per trial), ``sweep.png`` (the optimization history:
 each trial's value and the best so far) and the study; ``markdown_table`` marks the best trial.

@@ -70,7 +70,7 @@ def pair_ms(workdir: Path, config, repeat: int) -> list[float]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--run", action="append", required=True, help="WORKDIR[:SCALE[:MAX_DISPARITY]]")
+    p.add_argument("--run", action="append", required=True, help="WORKDIR[:SCALE[:MAX_DISPARITY[:KEY=VALUE...]]]")
     p.add_argument("--data", default=None, help="the Middlebury folder (default: the configs')")
     p.add_argument("--repeat", type=int, default=3)
     a = p.parse_args()

@@ -62,6 +62,9 @@ def build_model(config: Any, info: SourceInfo, *, axis_name: str | None = None):
         raise ValueError(f"model.name={m.name!r} is not a stereo model; models: {', '.join(STEREO_MODELS)}.")
     if int(m.max_disparity) < 1:
         raise ValueError(f"model.max_disparity={m.max_disparity} must be >= 1 (pixels).")
+    aggregate = int(m.get("aggregate", 0))
+    if aggregate > 1 and aggregate % 2 == 0 or aggregate < 0:
+        raise ValueError(f"model.aggregate={aggregate} must be 0 (off) or an odd window in pixels.")
     dtype = jnp.bfloat16 if config.train.mixed_precision else jnp.float32
     return STEREO_MODELS[m.name](max_disparity=int(m.max_disparity), dtype=dtype,
                                  **model_kwargs(m, _OWN_KEYS))

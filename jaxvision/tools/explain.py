@@ -87,14 +87,18 @@ def grad_cam(model: Any, variables: dict, inputs: jax.Array, target: jax.Array, 
 
 
 def last_feature_map(model: Any, variables: dict, inputs: jax.Array) -> str:
-    """The name of the last (N, h, w, C) feature the model taps."""
-    _, feats = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, return_features=True),
-                              variables, inputs)
-    maps = [k for k, v in feats.items() if len(v.shape) == 4]
-    if not maps:
+    """The name of the last (N, h, w, C) feature the model taps, in the model's order."""
+    order: list[str] = []
+
+    def fn(v, x):
+        _, feats = model.apply(v, x, train=False, return_features=True)
+        order[:] = [k for k, f in feats.items() if f.ndim == 4]  # traced: the model's own order
+        return feats
+    jax.eval_shape(fn, variables, inputs)      # (its result's dict comes back sorted by key)
+    if not order:
         raise ValueError(f"model {type(model).__name__} taps no (N, h, w, C) feature map: "
                          "Grad-CAM needs a convolutional model.")
-    return maps[-1]
+    return order[-1]
 
 
 def first_conv_kernel(params: dict, channels: int) -> tuple[str, np.ndarray]:

@@ -13,15 +13,21 @@ Trial ``k`` trains in ``DIR/trial_<k>`` with ``jaxvision.train.loop.train``; the
 with the same command: a trial left unfinished gets the same parameters and continues its run from
 its checkpoints (optuna records it as a new trial that names the old workdir; the old one is kept
 as FAIL with ``superseded``). Trials are pruned with optuna's median rule on the metric at each
-evaluation (``--pruner none`` turns it off; the first 5 trials are never pruned). The objective is
+evaluation (``--pruner none`` turns it off; nothing is pruned before 5 trials have completed).
+The objective is
 ``train.best_metric`` with ``train.best_mode`` unless ``metric`` / ``mode`` say otherwise.
 A diverging trial (non-finite loss) is recorded as FAIL and the sweep goes on. The sampler is
 seeded (``seed``), so a sweep run without interruption is reproducible; after a resume the
-sampler starts afresh from the stored trials, so later suggestions may differ.
+sampler starts afresh from the stored trials, so later suggestions may differ. A trial that
+fails for any other reason (a value that breaks the data or the model, say) is recorded as FAIL
+with its ``error``; a SIGTERM that lands in a trial's final evaluation ends that trial normally
+and the sweep goes on to the next one, whose run a later SIGTERM (or a kill) stops resumably.
 
 Outputs in ``DIR``: ``sweep.csv`` (one row per trial), ``sweep.png`` (the optimization history:
 each trial's value and the best so far) and the study; ``markdown_table`` marks the best trial.
-One sweep process per ``DIR`` at a time, on one host (the study is a local SQLite file).
+One sweep process per ``DIR`` at a time (``DIR/.jaxvision.lock``), on one host (the study is a
+local SQLite file). ``sweep.json`` records the space, the objective and the base config's hash:
+the same ``DIR`` with another of them is refused.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import dataclasses
 import json
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -113,7 +120,7 @@ def parse_space(space: Mapping[str, str], config: ml_collections.ConfigDict) -> 
     for key, text in space.items():
         key = key.removeprefix("--").removeprefix("space.").removeprefix("config.")
         dim = parse_dimension(key, text)
-        for value in dim.args if dim.kind == "choice" else dim.args[:1]:
+        for value in dim.args:
             try:
                 variant_config(config, "space", {key: value})
             except ConfigError as e:
@@ -167,22 +174,28 @@ def _check_meta(directory: Path, meta: dict) -> None:
 
 def sweep(config: ml_collections.ConfigDict, directory: str | Path, space: Mapping[str, str],
           trials: int, *, metric: str | None = None, mode: str | None = None, sampler: str = "tpe",
-          pruner: str = "median", seed: int = 0, progress: bool = False, force: bool = False,
+          pruner: Any = "median", seed: int = 0, progress: bool = False, force: bool = False,
           stop_at: int | None = None) -> SweepResult:
     """Runs (or resumes) the study in ``directory`` until it holds ``trials`` finished trials
     (COMPLETE, PRUNED, or FAIL by divergence); returns every trial. ``stop_at`` is passed to
     each trial's ``train`` (it interrupts the run after that step, as a SIGTERM would: for
-    tests and time-sliced jobs), which interrupts the sweep."""
-    from jaxvision.train.loop import TrainingError, train
-    directory = Path(directory)
+    tests and time-sliced jobs), which interrupts the sweep. ``pruner``: a name in ``PRUNERS``
+    or an optuna pruner object."""
+    from jaxvision import config as config_lib
+    from jaxvision.train.lock import WorkdirLock
+    from jaxvision.train.loop import train
+    directory = Path(directory).absolute()   # trial workdirs are stored: independent of the cwd
     if int(trials) < 1:
         raise ConfigError(f"--trials={trials} must be >= 1.")
-    if sampler not in SAMPLERS or pruner not in PRUNERS:
+    if sampler not in SAMPLERS or (isinstance(pruner, str) and pruner not in PRUNERS):
         raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)} and --pruner one of "
                           f"{', '.join(PRUNERS)}; got {sampler!r}, {pruner!r}.")
     dims = parse_space(space, config)
     metric = str(metric or config.train.best_metric)
     mode = str(mode or config.train.best_mode)
+    if not metric:
+        raise ConfigError("the config has no train.best_metric: give the objective with --metric "
+                          "(an eval metric name, e.g. accuracy) and --mode max|min.")
     if mode not in ("max", "min"):
         raise ConfigError(f"--mode={mode!r} must be 'max' or 'min'.")
     exp = resolve_experiment(config)
@@ -190,20 +203,31 @@ def sweep(config: ml_collections.ConfigDict, directory: str | Path, space: Mappi
     check_variant(first, exp, metric)   # builds data, model, evaluators: no training yet
     optuna = _optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _check_meta(directory, {"space": {d.key: [d.kind, list(d.args)] for d in dims},
-                            "metric": metric, "mode": mode})
+    with WorkdirLock(directory):
+        _check_meta(directory, {"space": {d.key: [d.kind, list(d.args)] for d in dims},
+                                "metric": metric, "mode": mode,
+                                "config": config_lib.config_hash(config)})
+        return _run_study(optuna, config, exp, dims, directory, int(trials), metric, mode,
+                          sampler, pruner, seed, progress, force, stop_at, train)
+
+
+def _run_study(optuna, config, exp, dims, directory, trials, metric, mode, sampler, pruner, seed,
+               progress, force, stop_at, train) -> SweepResult:
     states = optuna.trial.TrialState
+    if isinstance(pruner, str):
+        pruner = optuna.pruners.MedianPruner() if pruner == "median" else optuna.pruners.NopPruner()
     study = optuna.create_study(
         study_name="jaxvision", storage=f"sqlite:///{(directory / 'study.db').resolve()}",
         load_if_exists=True, direction="maximize" if mode == "max" else "minimize",
         sampler=(optuna.samplers.TPESampler(seed=seed) if sampler == "tpe"
                  else optuna.samplers.RandomSampler(seed=seed)),
-        pruner=optuna.pruners.MedianPruner() if pruner == "median" else optuna.pruners.NopPruner())
+        pruner=pruner)
     for stale in study.get_trials(deepcopy=False, states=(states.RUNNING,)):
-        # Left running by an interrupted sweep: continue its run under a new trial.
+        # Left running by an interrupted sweep: continue its run under a new trial (queued
+        # first, so that a kill in between loses nothing).
+        study.enqueue_trial(stale.params, user_attrs={"workdir": stale.user_attrs.get("workdir", "")})
         study._storage.set_trial_user_attr(stale._trial_id, "superseded", True)
         study.tell(stale.number, state=states.FAIL)
-        study.enqueue_trial(stale.params, user_attrs={"workdir": stale.user_attrs.get("workdir", "")})
 
     def finished() -> int:
         return sum(1 for t in study.get_trials(deepcopy=False)
@@ -211,12 +235,11 @@ def sweep(config: ml_collections.ConfigDict, directory: str | Path, space: Mappi
                    or (t.state == states.FAIL and not t.user_attrs.get("superseded")))
 
     interrupted = False
-    while finished() < int(trials):
+    while finished() < trials:
         trial = study.ask()
         workdir = trial.user_attrs.get("workdir") or str(directory / f"trial_{trial.number}")
         trial.set_user_attr("workdir", workdir)
-        trial_config = variant_config(config, f"trial {trial.number}",
-                                      {d.key: d.suggest(trial) for d in dims})
+        params = {d.key: d.suggest(trial) for d in dims}
 
         def on_eval(step: int, results: dict, trial=trial) -> bool:
             if metric not in results or not math.isfinite(float(results[metric])):
@@ -225,11 +248,14 @@ def sweep(config: ml_collections.ConfigDict, directory: str | Path, space: Mappi
             return trial.should_prune()
 
         try:
+            trial_config = variant_config(config, f"trial {trial.number}", params)
             result = train(copy.deepcopy(trial_config), workdir, experiment=exp, force=force,
                            progress=progress, stop_at=stop_at, on_eval=on_eval)
-        except TrainingError as e:
-            trial.set_user_attr("error", str(e))
+        except Exception as e:  # noqa: BLE001 - a diverging or broken trial must not stop the study
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
             study.tell(trial, state=states.FAIL)
+            print(f"[jaxvision] sweep trial {trial.number} failed: {type(e).__name__}: {e}",
+                  file=sys.stderr)
             continue
         if result.get("preempted"):
             interrupted = True   # the trial stays RUNNING: the next sweep continues it

@@ -509,6 +509,7 @@ def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int
                                                  and step % int(tc.checkpoint_every) == 0)):
                     save(step, results if do_eval else None)
                 if do_eval and on_eval is not None and on_eval(step, results):
+                    flush_train(step)
                     ckpt.wait()
                     writer.message(f"stopped at step {step} by the evaluation callback")
                     writer.close()

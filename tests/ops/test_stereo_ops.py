@@ -271,3 +271,17 @@ def test_depth_disparity_round_trip_and_invalid():
     back = stereo.depth_to_disparity(z, 0.5, 400.0)
     np.testing.assert_allclose(np.asarray(back), [[[-1.0, -1.0, 2.0, 8.0]]])
     assert np.isfinite(np.asarray(jax.grad(lambda v: stereo.disparity_to_depth(v, 1.0, 1.0).sum())(d))).all()
+
+
+@pytest.mark.parametrize("window", [1, 3, 7, 11])
+def test_box_mean_is_the_mean_of_the_pixels_inside_each_window(window):
+    from jaxvision.ops.stereo import box_mean
+    x = np.random.default_rng(window).normal(size=(2, 9, 13, 3)).astype(np.float32)
+    r = window // 2
+    want = np.zeros_like(x)
+    for y in range(9):
+        for xx in range(13):
+            want[:, y, xx] = x[:, max(y - r, 0):y + r + 1, max(xx - r, 0):xx + r + 1].mean((1, 2))
+    np.testing.assert_allclose(np.asarray(box_mean(jnp.asarray(x), window)), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="odd"):
+        box_mean(jnp.asarray(x), 4)

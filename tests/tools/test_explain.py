@@ -120,3 +120,19 @@ def test_command_line(region_run, images, tmp_path, capsys):
     assert all(r["target"] == 1 for r in json.loads((tmp_path / "explain.json").read_text())["inputs"])
     assert main(["explain", "--workdir", str(region_run), str(images), "--out", str(tmp_path),
                  "--class", "99"]) == 2
+
+
+@pytest.mark.parametrize("name, deepest", [("resnet20", "layer3"), ("lenet5", "c5")])
+def test_zoo_models_tap_their_deepest_map_without_changing_anything(name, deepest):
+    from jaxvision.models import build_model
+    from jaxvision.tools.explain import last_feature_map
+    model = build_model(name, num_classes=4)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 1 if name == "lenet5" else 3))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    assert "taps" not in variables                                 # checkpoints unchanged
+    assert last_feature_map(model, variables, x) == deepest       # model order, not sorted
+    plain = model.apply(variables, x)
+    (with_taps, _), taps = model.apply(variables, x, return_features=True, mutable=["taps"])
+    np.testing.assert_array_equal(plain, with_taps)
+    cam = grad_cam(model, variables, x, jnp.array([0, 3]), deepest)
+    assert cam.shape[0] == 2 and np.all(cam >= 0) and np.isfinite(cam).all()

@@ -114,3 +114,21 @@ def test_the_eval_callback_prunes_a_run(tmp_path):
     # The pruned run's checkpoint is there: training again continues it to the end.
     final = train(config, tmp_path / "run", progress=False)
     assert "stopped" not in final and "accuracy" in final
+
+
+def test_failed_and_pruned_trials_are_recorded_and_the_study_goes_on(tmp_path, capsys):
+    from jaxvision.tools.sweep import markdown_table
+    config = get_config(TINY, ["train.steps=4", "train.eval_every=2"])
+    # A learning rate that makes the loss non-finite: FAIL with the error kept.
+    failed = sweep(config, tmp_path / "fail", {"optim.lr": "choice(1e30)"}, 1)
+    assert [r["state"] for r in failed.rows] == ["FAIL"] and failed.best is None
+    study = optuna.load_study(study_name="jaxvision", storage=f"sqlite:///{tmp_path / 'fail' / 'study.db'}")
+    assert "TrainingError" in study.trials[0].user_attrs["error"]
+    # A pruner that stops every trial at its first evaluation: PRUNED, with the value reported.
+    pruned = sweep(config, tmp_path / "prune", {"optim.lr": "uniform(0.01, 0.1)"}, 2,
+                   pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    assert [r["state"] for r in pruned.rows] == ["PRUNED", "PRUNED"]
+    assert all(r["steps"] == 2 and 0 <= r["value"] <= 1 for r in pruned.rows)
+    assert "| 0 | PRUNED |" in markdown_table(pruned) and pruned.to_json()["pruned"] == 2
+    log = (tmp_path / "prune" / "trial_0" / "metrics.jsonl").read_text()
+    assert '"split": "train"' in log and '"step": 2' in log     # the pruned run's records kept

@@ -313,22 +313,27 @@ def ncc_middlebury() -> ml_collections.ConfigDict:
     return config
 
 
+def _selfsup_middlebury(config: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
+    """``config``'s model trained self-supervised on the Middlebury pairs halved, in random
+    128 x 128 crops, disparities 0-32 (~28 px at most at half size), scored at full size."""
+    config = middlebury_eval(config, 0.5)
+    config.model.max_disparity = 32
+    config.data.train_pp = "resize_inputs(0.5)|random_crop(128)"
+    config.data.input_shape = (128, 128, 3)
+    config.loss.kind = "self_supervised"
+    config.optim.lr, config.optim.warmup_steps = 1e-4, 0
+    config.train.batch_size, config.train.steps = 4, steps
+    config.train.eval_every = config.train.checkpoint_every = 250
+    return config
+
+
 def selfsup_middlebury() -> ml_collections.ConfigDict:
     """DispNet-C fine-tuned self-supervised on the four Middlebury pairs (no ground truth in
     training; scored against it on the same pairs: a transductive setting). The pairs are
     halved (disparities up to ~28 px) and cut into random 128 x 128 crops; start it from a
     procedural run of the same model and range with ``--config.transfer.workdir=...``
     (``dispnet_synthetic`` with ``--config.model.max_disparity=32``)."""
-    config = middlebury_eval(dispnet_synthetic(), 0.5)
-    config.model.max_disparity = 32
-    config.data.keys = ("image", "image_right", "disparity", "disparity_right")
-    config.data.train_pp = "resize_inputs(0.5)|random_crop(128)"
-    config.data.input_shape = (128, 128, 3)
-    config.loss.kind = "self_supervised"
-    config.optim.lr, config.optim.warmup_steps = 1e-4, 0
-    config.train.batch_size, config.train.steps = 4, 1000
-    config.train.eval_every = config.train.checkpoint_every = 250
-    return config
+    return _selfsup_middlebury(dispnet_synthetic(), steps=1000)
 
 
 def mccnn_selfsup_middlebury() -> ml_collections.ConfigDict:
@@ -337,14 +342,8 @@ def mccnn_selfsup_middlebury() -> ml_collections.ConfigDict:
     crops, scored by winner-takes-all on its cost averaged over 5 x 5 windows. Start it from
     ``mccnn_synthetic`` with ``--config.transfer.workdir=...`` (its parameters do not depend
     on the disparity range)."""
-    config = middlebury_eval(mccnn_synthetic(), 0.5)
-    config.model.max_disparity, config.model.aggregate = 32, 5
-    config.data.train_pp = "resize_inputs(0.5)|random_crop(128)"
-    config.data.input_shape = (128, 128, 3)
-    config.loss.kind = "self_supervised"
-    config.optim.lr, config.optim.warmup_steps = 1e-4, 0
-    config.train.batch_size, config.train.steps = 4, 500
-    config.train.eval_every = config.train.checkpoint_every = 250
+    config = _selfsup_middlebury(mccnn_synthetic(), steps=500)
+    config.model.aggregate = 5
     return config
 
 

@@ -45,6 +45,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """The flags naming a trained run: ``--workdir``, ``--config``, ``--checkpoint``."""
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--config", default=None, help="default: the config the workdir recorded")
+    p.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jaxvision", description=__doc__.splitlines()[0],
                                 epilog="Config overrides: --config.KEY=VALUE after the flags, e.g. "
@@ -143,9 +150,7 @@ def _parser() -> argparse.ArgumentParser:
     en.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
     pd = sub.add_parser("predict", help="run a trained model on image files or folders; writes "
                                         "predictions.jsonl and a picture per image")
-    pd.add_argument("--workdir", required=True)
-    pd.add_argument("--config", default=None, help="default: the config the workdir recorded")
-    pd.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
+    _run_args(pd)
     pd.add_argument("inputs", nargs="+", help="image files or folders")
     pd.add_argument("--right", nargs="+", default=None,
                     help="stereo models: the right view of each input, in the same order")
@@ -160,9 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     pd.add_argument("--no-progress", action="store_true", help="no progress bar")
     xp = sub.add_parser("explain", help="occlusion sensitivity, Grad-CAM and first-layer filters "
                                         "of a classification run (jaxvision/tools/explain.py)")
-    xp.add_argument("--workdir", required=True)
-    xp.add_argument("--config", default=None, help="default: the config the workdir recorded")
-    xp.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
+    _run_args(xp)
     xp.add_argument("inputs", nargs="+", help="image files or folders")
     xp.add_argument("--out", default=None, help="output folder (default: WORKDIR/explain)")
     xp.add_argument("--class", dest="target", type=int, default=None,
@@ -172,9 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     xp.add_argument("--layer", default=None, help="Grad-CAM feature map (default: the last one tapped)")
     ex = sub.add_parser("export", help="serialize the model's predict function (StableHLO, "
                                        "jax.export) with its weights into one file")
-    ex.add_argument("--workdir", required=True)
-    ex.add_argument("--config", default=None, help="default: the config the workdir recorded")
-    ex.add_argument("--checkpoint", default="latest", help="latest, best, or a step number")
+    _run_args(ex)
     ex.add_argument("--out", required=True, help="the file to write (e.g. model.jvx)")
     ex.add_argument("--platforms", default="",
                     help="comma-separated: cpu, cuda, rocm, tpu (default: this machine's backend)")

@@ -172,7 +172,7 @@ def explain(predictor: Any, inputs: Sequence[str | Path], out: str | Path, *, ta
         return np.stack([o["probabilities"] for o in predictor([{"image": im} for im in images])])
 
     variables = predictor.variables
-    records = []
+    records, name = [], layer
     for path in files:
         example = predictor.prepare({"image": _read(Path(path), c, max_pixels)})
         image = np.asarray(example["image"], np.uint8)
@@ -182,10 +182,10 @@ def explain(predictor: Any, inputs: Sequence[str | Path], out: str | Path, *, ta
         if not 0 <= cls < num_classes:
             raise ValueError(f"--class {cls} is outside the model's {num_classes} classes.")
         x = predictor.exp.prepare(config, {"image": jnp.asarray(image[None])})
-        name = layer or last_feature_map(run.model, variables, x)
+        name = name or last_feature_map(run.model, variables, x)   # the same for every input
         cam = grad_cam(run.model, variables, x, jnp.asarray([cls]), name)[0]
         occ = occlusion_map(probs, image, cls, patch, stride)
-        occ_up = np.asarray(jax.image.resize(jnp.asarray(occ, jnp.float32), (h, w), "nearest"))
+        occ_up = viz.resize_nearest(occ, (h, w))
         rgb = viz.image_for_display(image)
         heat = viz.colorize(_resize01(cam, (h, w)), 1.0, "jet")
         panel = np.concatenate([rgb, viz.colorize(occ_up - occ.min(), float(occ.max() - occ.min()), "viridis"), 0.5 * rgb + 0.5 * heat], 1)

@@ -183,7 +183,6 @@ def sweep(config: ml_collections.ConfigDict, directory: str | Path, space: Mappi
     or an optuna pruner object."""
     from jaxvision import config as config_lib
     from jaxvision.train.lock import WorkdirLock
-    from jaxvision.train.loop import train
     directory = Path(directory).absolute()   # trial workdirs are stored: independent of the cwd
     if int(trials) < 1:
         raise ConfigError(f"--trials={trials} must be >= 1.")
@@ -208,11 +207,12 @@ def sweep(config: ml_collections.ConfigDict, directory: str | Path, space: Mappi
                                 "metric": metric, "mode": mode,
                                 "config": config_lib.config_hash(config)})
         return _run_study(optuna, config, exp, dims, directory, int(trials), metric, mode,
-                          sampler, pruner, seed, progress, force, stop_at, train)
+                          sampler, pruner, seed, progress, force, stop_at)
 
 
 def _run_study(optuna, config, exp, dims, directory, trials, metric, mode, sampler, pruner, seed,
-               progress, force, stop_at, train) -> SweepResult:
+               progress, force, stop_at) -> SweepResult:
+    from jaxvision.train.loop import train
     states = optuna.trial.TrialState
     if isinstance(pruner, str):
         pruner = optuna.pruners.MedianPruner() if pruner == "median" else optuna.pruners.NopPruner()

@@ -478,6 +478,16 @@ def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int
             record["dropped_boxes"] = float(dropped)
         writer.write(step, "train", record)
 
+    def stop_with_checkpoint(step: int, message: str) -> None:
+        """Ends the run before train.steps: logs, a checkpoint of this step (kept if an
+        evaluation just wrote it), and everything closed."""
+        flush_train(step)
+        save(step, force_save=True)
+        ckpt.wait()
+        writer.message(message)
+        writer.close()
+        ckpt.close()
+
     step = start
     with _Preemption() as preempt:
         try:
@@ -509,11 +519,7 @@ def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int
                                                  and step % int(tc.checkpoint_every) == 0)):
                     save(step, results if do_eval else None)
                 if do_eval and on_eval is not None and on_eval(step, results):
-                    flush_train(step)
-                    ckpt.wait()
-                    writer.message(f"stopped at step {step} by the evaluation callback")
-                    writer.close()
-                    ckpt.close()
+                    stop_with_checkpoint(step, f"stopped at step {step} by the evaluation callback")
                     return {**results, "stopped": True, "step": step}
                 if patience and since_best >= patience:
                     writer.message(f"early stopping at step {step}: no improvement of "
@@ -521,13 +527,8 @@ def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int
                     stopped_early = True
                     break
                 if preempt.check(step) or (stop_at is not None and step >= stop_at and step < total):
-                    flush_train(step)
-                    save(step, force_save=True)
-                    ckpt.wait()
                     why = preempt.signal_name or f"stop_at={stop_at}"
-                    writer.message(f"{why}: saved a checkpoint at step {step} and stopped")
-                    writer.close()
-                    ckpt.close()
+                    stop_with_checkpoint(step, f"{why}: saved a checkpoint at step {step} and stopped")
                     return {"preempted": True, "step": step}
             check_finite()
             flush_train(step)

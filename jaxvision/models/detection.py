@@ -137,7 +137,7 @@ class YOLOv1(nn.Module):
         depth = 5 * self.num_boxes + self.num_classes
         if self.head == "conv":
             h = act(layers.conv(self.hidden, 3, "conv1", self.dtype, jnp.float32, self.kernel_init)(h))
-            out = nn.Conv(depth, (1, 1), dtype=self.dtype, name="conv2",
+            out = layers.Conv(depth, (1, 1), dtype=self.dtype, name="conv2",
                           kernel_init=nn.initializers.normal(0.01))(h)
             return layers.logits(out)
         h = h.reshape(h.shape[0], -1)
@@ -190,7 +190,7 @@ class CenterNet(nn.Module):
                                   ("offset", 2, 0.0), ("size", 2, 0.0)):
             g = nn.relu(layers.conv(self.head_width, 3, f"{name}_conv", self.dtype, jnp.float32,
                                     self.kernel_init)(h))
-            out[name] = layers.logits(nn.Conv(depth, (1, 1), dtype=self.dtype, name=f"{name}_out",
+            out[name] = layers.logits(layers.Conv(depth, (1, 1), dtype=self.dtype, name=f"{name}_out",
                                               bias_init=nn.initializers.constant(bias))(g))
         return out
 
@@ -254,7 +254,7 @@ class RetinaNet(nn.Module):
         def subnet(name: str, depth: int, bias: float) -> list:
             convs = [layers.conv(self.width, 3, f"{name}_conv{i}", self.dtype, jnp.float32,
                                  self.kernel_init) for i in range(self.head_depth)]
-            last = nn.Conv(depth, (3, 3), dtype=self.dtype, name=f"{name}_out",
+            last = layers.Conv(depth, (3, 3), dtype=self.dtype, name=f"{name}_out",
                            kernel_init=nn.initializers.normal(0.01),
                            bias_init=nn.initializers.constant(bias))
             outs = []

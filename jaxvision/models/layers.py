@@ -233,6 +233,13 @@ def dense(
     )
 
 
+def Conv(*args: Any, **kwargs: Any) -> nn.Conv:  # noqa: N802 (stands in for the class)
+    """``flax.linen.Conv(*args, **kwargs)`` computed by ``jaxvision.ops.conv`` (its CPU
+    formulations; same parameters, so checkpoints do not depend on it). Every model's
+    convolution is built through this or ``conv``."""
+    return nn.Conv(*args, conv_general_dilated=conv_ops.conv_general_dilated, **kwargs)
+
+
 def conv(
     features: int,
     kernel: int,
@@ -254,7 +261,7 @@ def conv(
     ``flax.linen.Conv``'s, so checkpoints do not depend on it."""
     if isinstance(padding, int):
         padding = [(padding, padding), (padding, padding)]
-    return nn.Conv(
+    return Conv(
         features,
         (kernel, kernel),
         strides=(stride, stride),
@@ -265,7 +272,6 @@ def conv(
         dtype=dtype,
         param_dtype=param_dtype,
         kernel_init=initializer(kernel_init),
-        conv_general_dilated=conv_ops.conv_general_dilated,
         name=name,
     )
 

@@ -83,9 +83,9 @@ class FasterRCNN(nn.Module):
         # ---- RPN, shared over the levels.
         a = len(self.aspect_ratios)
         conv = layers.conv(self.width, 3, "rpn_conv", self.dtype, jnp.float32, self.kernel_init)
-        obj = nn.Conv(a, (1, 1), dtype=self.dtype, name="rpn_objectness",
+        obj = layers.Conv(a, (1, 1), dtype=self.dtype, name="rpn_objectness",
                       kernel_init=nn.initializers.normal(0.01))
-        reg = nn.Conv(4 * a, (1, 1), dtype=self.dtype, name="rpn_deltas",
+        reg = layers.Conv(4 * a, (1, 1), dtype=self.dtype, name="rpn_deltas",
                       kernel_init=nn.initializers.normal(0.01))
         logits, deltas = [], []
         for f in feats:
@@ -140,7 +140,7 @@ class FasterRCNN(nn.Module):
                                         self.kernel_init)(m))
             m = nn.relu(layers.ConvTranspose(self.mask_width, 2, 2, 0, use_bias=True, dtype=self.dtype,
                                              name="mask_up")(m))
-            m = nn.Conv(c, (1, 1), dtype=self.dtype, name="mask_out")(m)
+            m = layers.Conv(c, (1, 1), dtype=self.dtype, name="mask_out")(m)
             out["roi_mask_logits"] = layers.logits(m).reshape(n, r, 2 * self.mask_size, 2 * self.mask_size, c)
         return out
 

@@ -24,6 +24,8 @@ import jax
 import numpy as np
 from jax.extend import core as jex_core
 
+from jaxvision.ops import conv as conv_ops
+
 # Primitives that hold a sub-computation applied to their operands one to one.
 _CALL_PARAMS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 _ELEMENTWISE_OK = ("convert_element_type", "copy", "copy_p", "stop_gradient", "reduce_precision")
@@ -245,7 +247,8 @@ def receptive_fields(fn: Callable[..., Any], x: jax.ShapeDtypeStruct | np.ndarra
     (None for an output that does not depend on ``x``). ``x`` (e.g. NHWC) has its spatial axes
     at ``spatial_axes``; ``args`` (parameters) carry no field. Nothing is computed: ``fn`` is
     traced to a jaxpr."""
-    closed = jax.make_jaxpr(fn)(x, *args)
+    with conv_ops.as_lax():   # convolutions stay conv_general_dilated eqns to read
+        closed = jax.make_jaxpr(fn)(x, *args)
     n_args = len(jax.tree.leaves(args))
     start = Field(tuple(spatial_axes), (1.0,) * len(spatial_axes), (1.0,) * len(spatial_axes))
     in_fields = [start] + [None] * n_args

@@ -76,7 +76,7 @@ class FCN(nn.Module):
         if not 0 <= self.skips < max(len(self.taps), 1):
             raise ValueError(f"FCN skips={self.skips} needs {self.skips + 1} taps; got {self.taps}.")
         feats = backbone_features(self.backbone, x, train, self.taps)[-(self.skips + 1):]
-        scores = [nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, name=f"score{i}",
+        scores = [layers.Conv(self.num_classes, (1, 1), dtype=self.dtype, name=f"score{i}",
                           kernel_init=nn.initializers.zeros if i < len(feats) - 1
                           else layers.initializer("he"))(f) for i, f in enumerate(feats)]
         h = scores[-1]
@@ -127,7 +127,7 @@ class UNet(nn.Module):
             up = layers.ConvTranspose(w, 2, 2, 0, init=self.kernel_init, use_bias=True, dtype=dtype,
                                       name=f"up{i}")(h)
             h = double(jnp.concatenate([_crop_to(up, skips[i].shape[1:3]), skips[i]], -1), w, f"up{i}")
-        return layers.logits(nn.Conv(self.num_classes, (1, 1), dtype=dtype, name="classifier")(h))
+        return layers.logits(layers.Conv(self.num_classes, (1, 1), dtype=dtype, name="classifier")(h))
 
 
 class DeepLabV3(nn.Module):
@@ -164,6 +164,6 @@ class DeepLabV3(nn.Module):
         parts.append(jnp.broadcast_to(pooled, f.shape[:3] + (self.width,)))
         h = branch(jnp.concatenate(parts, -1), 1, 1, "project")
         h = branch(h, 3, 1, "head")
-        h = nn.Conv(self.num_classes, (1, 1), dtype=dtype, name="classifier")(h)
+        h = layers.Conv(self.num_classes, (1, 1), dtype=dtype, name="classifier")(h)
         h = jax.image.resize(h, (h.shape[0],) + tuple(x.shape[1:3]) + (h.shape[-1],), "bilinear")
         return layers.logits(h)

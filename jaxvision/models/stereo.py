@@ -165,7 +165,7 @@ class _Res3D(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        conv = lambda name: nn.Conv(self.features, (3, 3, 3), padding="SAME", dtype=self.dtype, name=name)  # noqa: E731
+        conv = lambda name: layers.Conv(self.features, (3, 3, 3), padding="SAME", dtype=self.dtype, name=name)  # noqa: E731
         return nn.relu(x + conv("b")(nn.relu(conv("a")(x))))
 
 
@@ -213,7 +213,7 @@ class GCNet(nn.Module):
             return last(z)
         fl, fr = unary(left), unary(right)
         vol = ops.concat_volume(fl, fr, self._levels())                 # (B, D/2, H/2, W/2, 2f)
-        conv3 = lambda feat, name, s=1: nn.Conv(feat, (3, 3, 3), strides=(s, s, s), padding="SAME",  # noqa: E731
+        conv3 = lambda feat, name, s=1: layers.Conv(feat, (3, 3, 3), strides=(s, s, s), padding="SAME",  # noqa: E731
                                                 dtype=self.dtype, name=name)
         c1 = _Res3D(f, self.dtype, name="c1")(nn.relu(conv3(f, "c0")(vol)))
         c2 = _Res3D(2 * f, self.dtype, name="c2")(nn.relu(conv3(2 * f, "down1", 2)(c1)))

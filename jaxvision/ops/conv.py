@@ -28,6 +28,8 @@ the same functions (the custom VJP's backward is itself differentiable).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 from typing import Any, Sequence
@@ -37,6 +39,19 @@ import jax.numpy as jnp
 from jax import lax
 
 FORMULATIONS = ("xla", "im2col")
+_AS_LAX = contextvars.ContextVar("jaxvision_conv_as_lax", default=False)
+
+
+@contextlib.contextmanager
+def as_lax():
+    """Within this block ``conv_general_dilated`` is ``lax.conv_general_dilated`` outright (no
+    rewrite, no matmul fast path), for tools that read convolutions off a jaxpr (receptive
+    fields)."""
+    token = _AS_LAX.set(True)
+    try:
+        yield
+    finally:
+        _AS_LAX.reset(token)
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -134,6 +149,33 @@ def measured_rule(x_shape: Sequence[int], w_shape: Sequence[int], strides: Seque
     return "im2col" if big else "xla"
 
 
+def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
+    """Whether ``dimension_numbers`` (strings or ``ConvDimensionNumbers``, as ``flax.linen.Conv``
+    passes them) mean NHWC input, HWIO kernel, NHWC output."""
+    if dimension_numbers is None:
+        return False
+    try:
+        dn = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
+    except (TypeError, ValueError):
+        return False
+    return dn == lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC)
+
+
+def _is_dense(x_shape, w_shape, pads, dilation, out_hw) -> bool:
+    """Whether the kernel covers the whole unpadded input once (one output pixel, no padding,
+    no dilation): LeNet's C5 and fc layers written as convolutions."""
+    return (tuple(out_hw) == (1, 1) and all(p == (0, 0) for p in pads)
+            and tuple(dilation) == (1, 1) and tuple(x_shape[1:3]) == tuple(w_shape[:2]))
+
+
+def _dense(x, w, precision):
+    """A convolution whose kernel covers its input, as the matmul it is: (N, 1, 1, O). XLA:CPU
+    runs the convolution's input gradient at this shape ~10x slower than the matmul's."""
+    n, o = x.shape[0], w.shape[3]
+    y = jnp.dot(x.reshape(n, -1), w.reshape(-1, o), precision=precision)
+    return y.reshape(n, 1, 1, o)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv(x, w, strides, pads, dilation, precision):
     """The forward convolution; its VJP takes the kernel gradient by 'im2col'."""
@@ -172,7 +214,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     nd = lhs.ndim - 2
     strides = tuple(int(s) for s in window_strides)
     dilation = tuple(int(d) for d in (rhs_dilation or (1,) * nd))
-    plain = (nd != 2 or tuple(dimension_numbers or ()) != _NHWC or feature_group_count != 1
+    plain = (_AS_LAX.get() or nd != 2 or not _is_nhwc(lhs.shape, rhs.shape, dimension_numbers)
+             or feature_group_count != 1
              or batch_group_count != 1 or any(d != 1 for d in (lhs_dilation or (1,) * nd))
              or preferred_element_type is not None)
     if not plain:
@@ -182,6 +225,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         formulation = formulation or choose(lhs.shape, rhs.shape, strides, out_hw)
         if formulation not in FORMULATIONS:
             raise ValueError(f"conv formulation must be one of {FORMULATIONS}, got {formulation!r}.")
+    if not plain and _is_dense(lhs.shape, rhs.shape, pads, dilation, out_hw):
+        return _dense(lhs, rhs, precision)
     if plain or formulation == "xla":
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,

@@ -153,9 +153,36 @@ def test_zoo_model_gradients_equal_the_plain_convolution_version(monkeypatch, na
             return jnp.sum(jnp.sin(out))
         return jax.jit(jax.grad(loss))(variables["params"])
 
+    calls = []
+    rewrite = C._kernel_grad_im2col
+    monkeypatch.setattr(C, "_kernel_grad_im2col", lambda *a: calls.append(1) or rewrite(*a))
     monkeypatch.setenv("JAXVISION_CONV_GRAD", "xla")
     want = grads()
+    assert not calls
     monkeypatch.setenv("JAXVISION_CONV_GRAD", "im2col")
     got = grads()
+    # flax.linen.Conv passes ConvDimensionNumbers, not strings: the rewrite must still run.
+    assert calls, f"{name}: no convolution took the im2col kernel gradient"
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         _close(a, b, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape, kernel, strides", [
+    ((3, 5, 5, 4), (5, 5, 4, 7), (1, 1)),     # LeNet's C5: the kernel covers the input
+    ((2, 6, 4, 3), (6, 4, 3, 5), (2, 3)),     # any stride gives the one output pixel
+    ((4, 1, 1, 8), (1, 1, 8, 2), (1, 1)),
+])
+def test_a_kernel_covering_its_input_is_a_matmul_with_lax_values_and_gradients(shape, kernel,
+                                                                               strides):
+    r = np.random.default_rng(1)
+    x = jnp.asarray(r.standard_normal(shape), jnp.float32)
+    k = jnp.asarray(r.standard_normal(kernel), jnp.float32)
+    g = jnp.asarray(r.standard_normal((shape[0], 1, 1, kernel[3])), jnp.float32)
+    jaxpr = str(jax.make_jaxpr(lambda x, k: C.conv_general_dilated(x, k, strides, "VALID",
+                                                                  dimension_numbers=NHWC))(x, k))
+    assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+    ours = _loss(C.conv_general_dilated, strides, "VALID", (1, 1))
+    plain = _loss(lax.conv_general_dilated, strides, "VALID", (1, 1))
+    _close(ours(x, k, g), plain(x, k, g))
+    for arg in (0, 1):
+        _close(jax.grad(ours, argnums=arg)(x, k, g), jax.grad(plain, argnums=arg)(x, k, g))

@@ -1,0 +1,215 @@
+"""The whole compiled train step: plain Flax vs this project, per zoo model, in one process.
+
+    python benchmarks/train_step.py [--models lenet5 resnet20 ...] [--rounds 5] [--steps 5]
+
+For each model, four jitted steps on one fixed synthetic batch (numpy seed 0), timed in
+interleaved rounds so machine noise hits all alike (median ms per step over the rounds):
+
+* ``plain``: ``value_and_grad`` of softmax cross-entropy + ``optax.sgd(momentum=0.9)`` + new
+  batch statistics, state donated, convolutions with XLA's gradients: what a plain Flax user
+  writes (``JAXVISION_CONV_GRAD=xla`` while tracing, so ``jaxvision.ops.conv`` is
+  ``lax.conv_general_dilated``);
+* ``plain+conv``: the same step with this project's per-shape CPU convolution
+  (``JAXVISION_CONV_GRAD=auto``);
+* ``project``: ``jaxvision.train.step.make_train_step`` with the experiment's own loss
+  (metrics, masks, the non-finite guard, grad norm; same optimizer), XLA's gradients;
+* ``project+conv``: that step with the project's convolution (what ``auto`` ships).
+
+Prints images/s per step kind, the ratios to ``plain``, compile seconds and the process's
+peak resident memory. With ``torch`` importable (not a dependency; install it beside),
+``--torch`` also times PyTorch eager on the same architectures
+(``benchmarks/_torch_models.py``; ``--torch-python PY`` runs them with another interpreter that
+has torch, right after the JAX rounds of the same model) and prints ``project+conv``'s ratio
+to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jaxvision.config import get_config  # noqa: E402
+from jaxvision.data.source import SourceInfo  # noqa: E402
+from jaxvision.experiment import resolve_experiment  # noqa: E402
+from jaxvision.optim import make_optimizer  # noqa: E402
+from jaxvision.train import state as state_lib  # noqa: E402
+from jaxvision.train.parallel import Strategy  # noqa: E402
+from jaxvision.train.step import make_train_step  # noqa: E402
+
+CLS = "experiments/classification.py:default"
+# name -> (experiment, model config, (H, W, C), batch, classes); the sizes of the peer scripts in
+# ../shared/reference/peer_bench (same architectures in plain Flax and PyTorch).
+CASES = {
+    "lenet5": (CLS, dict(name="lenet5", activation="relu", pool="max"), (28, 28, 1), 128, 10),
+    "resnet20": (CLS, dict(name="resnet20"), (32, 32, 3), 128, 10),
+    "resnet18": (CLS, dict(name="resnet18", stem="cifar"), (32, 32, 3), 128, 10),
+    "alexnet": (CLS, dict(name="alexnet_torchvision", dropout=0.5), (224, 224, 3), 32, 1000),
+    "vgg11": (CLS, dict(name="vgg11", norm="batch", fc_width=512, grid=1, dropout=0.5),
+              (32, 32, 3), 128, 10),
+    "unet": ("experiments/segmentation.py:unet_synthetic", dict(name="unet", widths=(32, 64, 128, 256)),
+             (64, 64, 3), 16, 3),
+}
+KINDS = ("plain", "plain+conv", "project", "project+conv")
+
+
+def _config(case: str):
+    spec, model, shape, batch, classes = CASES[case]
+    config = get_config(spec)
+    config.model = type(config.model)(model)
+    config.optim.update(dict(name="momentum", lr=0.01, momentum=0.9, schedule="constant",
+                             warmup_steps=0))
+    config.optim.weight_decay = 0.0
+    config.train.batch_size = batch
+    config.data.input_shape, config.data.num_classes = shape, classes
+    return spec, config, shape, batch, classes
+
+
+def _batch(shape, batch: int, classes: int, segmentation: bool) -> dict:
+    r = np.random.default_rng(0)
+    out = {"image": r.integers(0, 256, (batch,) + shape, dtype=np.uint8),
+           "valid": np.ones((batch,), bool)}
+    if segmentation:
+        out["mask"] = r.integers(0, classes, (batch,) + shape[:2]).astype(np.int32)
+    else:
+        out["label"] = r.integers(0, classes, (batch,)).astype(np.int32)
+    return out
+
+
+def _plain_step(model, optimizer, target: str):
+    def step(params, model_state, opt_state, batch):
+        def objective(p):
+            x = batch["image"].astype(jnp.float32) / 255.0
+            out = model.apply({"params": p, **model_state}, x, train=True,
+                              mutable=list(model_state) or False,
+                              rngs={"dropout": jax.random.key(0)})
+            logits, new_state = out if model_state else (out, {})
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch[target])
+            return loss.mean(), new_state
+
+        (loss, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_state, opt_state, loss
+
+    return jax.jit(step, donate_argnums=(0, 1, 2))
+
+
+def _setup(case: str) -> dict:
+    """Four steps (``KINDS``), each compiled under its convolution setting, and their states."""
+    spec, config, shape, batch_size, classes = _config(case)
+    exp = resolve_experiment(config, spec)
+    segmentation = "mask" in tuple(config.data["keys"])
+    info = SourceInfo(name="synthetic", split="train",
+                      keys=("image", "mask" if segmentation else "label"), num_classes=classes)
+    model = exp.build_model(config, info)
+    optimizer = make_optimizer(config.optim, int(config.train.steps))
+    batch = _batch(shape, batch_size, classes, segmentation)
+    variables = jax.device_get(jax.jit(lambda b, k: exp.init_variables(config, model, b, k))(
+        {k: v[:1] for k, v in batch.items()}, jax.random.key(0)))
+    strategy = Strategy("jit")
+    out = {"batch_size": batch_size}
+    for kind in KINDS:
+        os.environ["JAXVISION_CONV_GRAD"] = "auto" if kind.endswith("+conv") else "xla"
+        fresh = jax.tree.map(np.copy, variables)
+        if kind.startswith("plain"):
+            params = fresh["params"]
+            ms = {k: v for k, v in fresh.items() if k != "params"}
+            fn = _plain_step(model, optimizer, "mask" if segmentation else "label")
+            args = [params, ms, optimizer.init(params)]
+            dev_batch = jax.device_put(batch)
+
+            def run(fn=fn, args=args, b=dev_batch):
+                out = fn(*args, b)
+                args[:] = out[:3]
+                jax.block_until_ready(out)
+        else:
+            step = strategy.compile_train(make_train_step(exp, model, optimizer, config,
+                                                          strategy.axis_name))
+            args = [strategy.put_state(state_lib.create(fresh, optimizer, jax.random.key(1),
+                                                        False))]
+            dev_batch = strategy.put_batch(batch)
+
+            def run(step=step, args=args, b=dev_batch):
+                args[0], metrics = step(args[0], b, None)
+                jax.block_until_ready((args[0], metrics))
+        t0 = time.perf_counter()
+        run()   # traced here, under this kind's convolution setting
+        out[kind] = {"run": run, "compile_s": time.perf_counter() - t0, "ms": []}
+    os.environ.pop("JAXVISION_CONV_GRAD")
+    return out
+
+
+def _torch_ms(case: str, steps: int, rounds: int, python: str | None) -> float | None:
+    """PyTorch eager ms per step of ``case``'s twin: in this process when ``torch`` imports,
+    else with the interpreter ``python`` (a venv that has torch), else None."""
+    _, _, shape, batch, classes = CASES[case]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        if not python:
+            return None
+        here = Path(__file__).resolve().parent / "_torch_models.py"
+        out = subprocess.run([python, str(here), case, *map(str, shape), str(batch), str(classes),
+                              str(steps), str(rounds)], capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _torch_models import time_step
+    return time_step(case, shape, batch, classes, steps=steps, rounds=rounds)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="steps per kind per round")
+    p.add_argument("--torch", action="store_true", help="also time PyTorch eager (needs torch)")
+    p.add_argument("--torch-python", default=None,
+                   help="a Python with torch, when this one has none (implies --torch)")
+    a = p.parse_args()
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs; "
+          f"median of {a.rounds} rounds of {a.steps} steps, kinds interleaved\n")
+    head = "| model | batch | " + " | ".join(f"{k} img/s" for k in KINDS)
+    head += " | plain+conv / plain | project / plain | project+conv / plain | compile s (" + \
+        " / ".join(KINDS) + ") | peak RSS GiB |"
+    rows = []
+    for case in a.models:
+        s = _setup(case)
+        for kind in KINDS:   # warm-up
+            s[kind]["run"]()
+        for _ in range(a.rounds):
+            for kind in KINDS:
+                t0 = time.perf_counter()
+                for _ in range(a.steps):
+                    s[kind]["run"]()
+                s[kind]["ms"].append(1000 * (time.perf_counter() - t0) / a.steps)
+        ips = {k: s["batch_size"] / (statistics.median(s[k]["ms"]) / 1000) for k in KINDS}
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        row = (f"| {case} | {s['batch_size']} | " + " | ".join(f"{ips[k]:,.0f}" for k in KINDS)
+               + f" | {ips['plain+conv'] / ips['plain']:.2f}x | {ips['project'] / ips['plain']:.2f}x"
+               f" | {ips['project+conv'] / ips['plain']:.2f}x | "
+               + " / ".join(f"{s[k]['compile_s']:.1f}" for k in KINDS) + f" | {rss:.1f} |")
+        if a.torch or a.torch_python:
+            ms = _torch_ms(case, a.steps, a.rounds, a.torch_python)
+            row += (f" torch eager {s['batch_size'] / (ms / 1000):,.0f} img/s, project+conv / "
+                    f"torch {ips['project+conv'] / (s['batch_size'] / (ms / 1000)):.2f}x |"
+                    if ms else " (torch not importable) |")
+        rows.append(row)
+        print(row, flush=True)
+    print("\n" + head + "\n|" + "---|" * (head.count("|") - 1))
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

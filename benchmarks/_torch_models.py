@@ -39,6 +39,22 @@ class LeNet5(nn.Module):
         return self.head(F.relu(self.f6(x)))
 
 
+class SmallCNN(nn.Module):
+    """Zoo ``small_cnn`` as ``experiments/classification.py:default`` builds it: a 3x3 conv + BN +
+    ReLU per stage (16-256), 2x2 max pools between, global average pool, head."""
+
+    def __init__(self, c: int, classes: int, widths=(16, 32, 64, 128, 256)):
+        super().__init__()
+        mods, cin = [], c
+        for i, w in enumerate(widths):
+            mods += _bn_relu_conv(cin, w, 3) + ([nn.MaxPool2d(2)] if i < len(widths) - 1 else [])
+            cin = w
+        self.body, self.head = nn.Sequential(*mods), nn.Linear(cin, classes)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
 class Block(nn.Module):
     """Zoo ResNet basic block: 'pad' (option A) or 'projection' shortcut."""
 
@@ -149,6 +165,8 @@ class UNet(nn.Module):
 def build(case: str, c: int, classes: int) -> nn.Module:
     if case == "lenet5":
         return LeNet5(c, classes)
+    if case == "default":
+        return SmallCNN(c, classes)
     if case == "resnet20":
         return ResNet(c, classes, (3, 3, 3), (16, 32, 64), "pad")
     if case == "resnet18":

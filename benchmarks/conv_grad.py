@@ -1,13 +1,16 @@
 """Convolution weight gradient on this backend: every formulation of ``jaxvision.ops.conv`` per
-conv shape of the CIFAR ResNet-20 and ResNet-18 (batch 128, NHWC, float32), beside the forward.
+conv shape of the CIFAR ResNet-20 and ResNet-18 (batch 128, NHWC, float32), beside the forward
+and the input gradient.
 
     python benchmarks/conv_grad.py [--batch 128] [--repeats 5] [--models resnet20 resnet18]
 
-For each distinct shape: forward GFLOP/s, then the kernel gradient's GFLOP/s with XLA's
-backward-filter convolution ('xla') and the rewrite ('im2col'), measured
+For each distinct shape: forward GFLOP/s, XLA's input gradient, then the kernel gradient's
+GFLOP/s with XLA's backward-filter convolution ('xla') and the rewrite ('im2col'), measured
 interleaved (every formulation once per round, median over rounds, so machine noise hits all
-alike), the fastest, and what ``jaxvision.ops.conv.measured_rule`` picks. FLOPs = 2 * N * Ho * Wo * KH
-* KW * C * O for each of the three.
+alike), the fastest, and what ``jaxvision.ops.conv.measured_rule`` picks. FLOPs = 2 * N * Ho * Wo
+* KH * KW * C * O for each. Then, per model, the milliseconds one train step spends in its
+convolutions (each shape times its count in the model; no input gradient for the stem): the
+ceiling that the convolutions alone put on the step.
 """
 
 from __future__ import annotations
@@ -23,14 +26,15 @@ from jax import lax
 
 from jaxvision.ops import conv as C
 
-# (input H=W, C, O, kernel, stride) of each distinct convolution (3x3 'SAME' / 1x1 shortcuts).
+# (input H=W, C, O, kernel, stride): count in the model, for each distinct convolution (3x3
+# 'SAME' / 1x1 shortcuts); the first is the stem.
 MODELS = {
-    "resnet20": [(32, 3, 16, 3, 1), (32, 16, 16, 3, 1), (32, 16, 32, 3, 2), (16, 32, 32, 3, 1),
-                 (16, 32, 64, 3, 2), (8, 64, 64, 3, 1)],
-    "resnet18": [(32, 3, 64, 3, 1), (32, 64, 64, 3, 1), (32, 64, 128, 3, 2), (16, 128, 128, 3, 1),
-                 (32, 64, 128, 1, 2), (16, 128, 256, 3, 2), (8, 256, 256, 3, 1),
-                 (16, 128, 256, 1, 2), (8, 256, 512, 3, 2), (4, 512, 512, 3, 1),
-                 (8, 256, 512, 1, 2)],
+    "resnet20": {(32, 3, 16, 3, 1): 1, (32, 16, 16, 3, 1): 6, (32, 16, 32, 3, 2): 1,
+                 (16, 32, 32, 3, 1): 5, (16, 32, 64, 3, 2): 1, (8, 64, 64, 3, 1): 5},
+    "resnet18": {(32, 3, 64, 3, 1): 1, (32, 64, 64, 3, 1): 4, (32, 64, 128, 3, 2): 1,
+                 (16, 128, 128, 3, 1): 3, (32, 64, 128, 1, 2): 1, (16, 128, 256, 3, 2): 1,
+                 (8, 256, 256, 3, 1): 3, (16, 128, 256, 1, 2): 1, (8, 256, 512, 3, 2): 1,
+                 (4, 512, 512, 3, 1): 3, (8, 256, 512, 1, 2): 1},
 }
 
 
@@ -54,9 +58,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), batch {args.batch}, "
           f"float32, median of {args.repeats} interleaved rounds; GFLOP/s")
-    print("| input (HxWxC) | kernel | out | stride | fwd | "
+    print("| input (HxWxC) | kernel | out | stride | fwd | dx xla | "
           + " | ".join(f"dW {f}" for f in C.FORMULATIONS) + " | fastest | chosen |")
-    print("|---|---|---:|---:|---:|" + "---:|" * len(C.FORMULATIONS) + "---|---|")
+    print("|---|---|---:|---:|---:|---:|" + "---:|" * len(C.FORMULATIONS) + "---|---|")
+    ms = {}
     for h, c, o, k, s in shapes:
         x = jnp.asarray(rng.standard_normal((args.batch, h, h, c), dtype=np.float32))
         w = jnp.asarray(rng.standard_normal((k, k, c, o), dtype=np.float32) * 0.05)
@@ -65,6 +70,8 @@ def main() -> None:
         flops = 2 * args.batch * ho * ho * k * k * c * o
         fns = {"fwd": jax.jit(lambda x, w: lax.conv_general_dilated(
             x, w, (s, s), "SAME", dimension_numbers=C._NHWC))}
+        fns["dx"] = jax.jit(jax.grad(lambda x, w, dy: jnp.sum(lax.conv_general_dilated(
+            x, w, (s, s), "SAME", dimension_numbers=C._NHWC) * dy)))
         for f in C.FORMULATIONS:
             fns[f] = _grad_fn(f, (s, s), "SAME")
         ref = np.asarray(fns["xla"](x, w, dy))
@@ -72,7 +79,8 @@ def main() -> None:
             got = np.asarray(fns[f](x, w, dy))
             err = np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30)
             assert err < 1e-4, (f, (h, c, o, k, s), err)
-        calls = {"fwd": lambda: fns["fwd"](x, w).block_until_ready()}
+        calls = {"fwd": lambda: fns["fwd"](x, w).block_until_ready(),
+                 "dx": lambda: fns["dx"](x, w, dy).block_until_ready()}
         for f in C.FORMULATIONS:
             calls[f] = (lambda f=f: fns[f](x, w, dy).block_until_ready())
         for call in calls.values():
@@ -86,9 +94,21 @@ def main() -> None:
         rate = {name: flops / statistics.median(t) / 1e9 for name, t in times.items()}
         fastest = max(C.FORMULATIONS, key=lambda f: rate[f])
         chosen = C.measured_rule(x.shape, w.shape, (s, s))
-        print(f"| {h}x{h}x{c} | {k}x{k} | {o} | {s} | {rate['fwd']:.1f} | "
+        ms[(h, c, o, k, s)] = {name: 1000 * statistics.median(t) for name, t in times.items()}
+        ms[(h, c, o, k, s)]["chosen"] = ms[(h, c, o, k, s)][chosen]
+        print(f"| {h}x{h}x{c} | {k}x{k} | {o} | {s} | {rate['fwd']:.1f} | {rate['dx']:.1f} | "
               + " | ".join(f"{rate[f]:.1f}" for f in C.FORMULATIONS)
               + f" | {fastest} | {chosen} |", flush=True)
+    print("\nms per train step in the convolutions (shape times count; the stem has no dx):")
+    print("| model | fwd | dx xla | dW xla | dW chosen | total xla | total chosen |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for m in args.models:
+        tot = {name: sum(ms[sh][name] * n * (0 if name == "dx" and i == 0 else 1)
+                         for i, (sh, n) in enumerate(MODELS[m].items()))
+               for name in ("fwd", "dx", "xla", "chosen")}
+        print(f"| {m} | {tot['fwd']:.0f} | {tot['dx']:.0f} | {tot['xla']:.0f} | {tot['chosen']:.0f} | "
+              f"{tot['fwd'] + tot['dx'] + tot['xla']:.0f} | "
+              f"{tot['fwd'] + tot['dx'] + tot['chosen']:.0f} |")
 
 
 if __name__ == "__main__":

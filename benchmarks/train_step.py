@@ -53,6 +53,8 @@ CLS = "experiments/classification.py:default"
 # name -> (experiment, model config, (H, W, C), batch, classes); the sizes of the peer scripts in
 # ../shared/reference/peer_bench (same architectures in plain Flax and PyTorch).
 CASES = {
+    "default": (CLS, dict(name="small_cnn", widths=(16, 32, 64, 128, 256), norm="batch"),
+                (48, 48, 3), 64, 6),
     "lenet5": (CLS, dict(name="lenet5", activation="relu", pool="max"), (28, 28, 1), 128, 10),
     "resnet20": (CLS, dict(name="resnet20"), (32, 32, 3), 128, 10),
     "resnet18": (CLS, dict(name="resnet18", stem="cifar"), (32, 32, 3), 128, 10),

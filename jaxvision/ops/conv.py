@@ -1,26 +1,33 @@
-"""A convolution whose weight gradient is fast on CPU: ``conv_general_dilated`` with a custom VJP.
+"""A convolution that is fast on CPU: ``conv_general_dilated`` with per-shape formulations.
 
 On XLA:CPU the backward-filter convolution that ``jax.grad`` emits for a convolution's kernel
 runs at a few GFLOP/s, well below the forward pass, and it dominates the train step of a conv
-net. This module computes the same kernel gradient another way:
+net; the forward convolution itself is slow when the input has only a few channels (a first
+layer). This module computes both another way where that was measured to be faster
+(``benchmarks/conv_grad.py``, ``benchmarks/NOTES.md``):
 
-* ``'xla'``: the backward-filter convolution XLA emits (what ``jax.grad`` does);
-* ``'im2col'``: the input's columns (the strided views of the padded input under every kernel
+* kernel gradient, ``'xla'``: the backward-filter convolution XLA emits (what ``jax.grad`` does);
+  ``'im2col'``: the input's columns (the strided views of the padded input under every kernel
   offset, concatenated along channels: (n, Ho, Wo, KH*KW*C)) and one matmul with ``dy``, over
-  blocks of examples small enough for the columns to stay in cache (a ``lax.scan``), summed.
+  blocks of examples small enough for the columns to stay in cache (a ``lax.scan``), summed;
+* forward, ``'xla'`` or ``'elementwise'``: for at most ``_MAX_ELEMENTWISE_TERMS`` products per
+  output (KH*KW*C: a 3x3 RGB or 5x5 gray first layer), the sum of the shifted views times the
+  kernel's scalars, one fused loop;
+* a kernel that covers its whole unpadded input (one output pixel: LeNet's C5, fc layers
+  written as convolutions) is the matmul it is, forward and backward.
 
-Both give ``jax.grad``'s values up to float32 rounding (the sums are ordered differently).
-Which one runs is decided per convolution from its static shape by ``choose``, never by timing
-at run time, so every process of a job and every resume computes the same numbers. Today the
-default is XLA's gradient everywhere (see ``choose`` for why); ``JAXVISION_CONV_GRAD=auto``
-applies the per-shape rule measured on CPU (``measured_rule``: ``benchmarks/conv_grad.py``,
-``benchmarks/NOTES.md``) and ``JAXVISION_CONV_GRAD=im2col`` forces the rewrite. Non-CPU
-backends under 'auto', and convolutions the rewrite does not cover (feature groups, input
-dilation, batch groups, layouts other than NHWC/HWIO, ``preferred_element_type``), keep XLA's
-gradient.
+All give ``lax.conv_general_dilated``'s values and gradients up to float32 rounding (the sums
+are ordered differently). Which one runs is decided per convolution from its static shape and
+the backend (``choose``, ``choose_forward``), never by timing at run time, so every process of a
+job and every resume computes the same numbers. ``JAXVISION_CONV_GRAD`` sets the policy:
+unset or 'auto' (the default) applies the measured rules on CPU and XLA's formulations on other
+backends; 'xla' is ``lax.conv_general_dilated`` everywhere (what a plain Flax model gets);
+'im2col' forces the kernel-gradient rewrite. Convolutions the rewrites do not cover (feature
+groups, input dilation, batch groups, layouts other than NHWC/HWIO, ``preferred_element_type``,
+3-D) are ``lax.conv_general_dilated``'s.
 
-The input gradient is XLA's (it is as fast as the forward pass). Second derivatives go through
-the same functions (the custom VJP's backward is itself differentiable).
+The input gradient is XLA's. Second derivatives go through the same functions (the custom
+VJP's backward is itself differentiable).
 
 ``conv_general_dilated`` has ``lax.conv_general_dilated``'s signature, so it drops into
 ``flax.linen.Conv(conv_general_dilated=...)``: parameters and checkpoints are unchanged.
@@ -38,7 +45,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-FORMULATIONS = ("xla", "im2col")
+FORMULATIONS = ("xla", "im2col")          # of the kernel gradient
+FORWARDS = ("xla", "elementwise")
+SETTINGS = ("auto",) + FORMULATIONS       # of JAXVISION_CONV_GRAD
+_NHWC = ("NHWC", "HWIO", "NHWC")
 _AS_LAX = contextvars.ContextVar("jaxvision_conv_as_lax", default=False)
 
 
@@ -52,7 +62,6 @@ def as_lax():
         yield
     finally:
         _AS_LAX.reset(token)
-_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _pads(padding: Any, x_hw: Sequence[int], k_hw: Sequence[int], strides: Sequence[int],
@@ -64,9 +73,9 @@ def _pads(padding: Any, x_hw: Sequence[int], k_hw: Sequence[int], strides: Seque
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
-def _columns(x, k_hw, strides, pads, dilation, out_hw):
-    """(N, Ho, Wo, KH*KW*C): the strided view of the padded input under every kernel offset,
-    concatenated along channels in (kh, kw, c) order, the row order of an HWIO kernel."""
+def _views(x, k_hw, strides, pads, dilation, out_hw) -> list:
+    """The KH*KW strided views (N, Ho, Wo, C) of the padded input, one per kernel offset, in
+    (kh, kw) order."""
     xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     n, c = x.shape[0], x.shape[3]
     views = []
@@ -77,7 +86,28 @@ def _columns(x, k_hw, strides, pads, dilation, out_hw):
                 xp, (0, h0, w0, 0),
                 (n, h0 + strides[0] * (out_hw[0] - 1) + 1, w0 + strides[1] * (out_hw[1] - 1) + 1, c),
                 (1, strides[0], strides[1], 1)))
+    return views
+
+
+def _columns(x, k_hw, strides, pads, dilation, out_hw):
+    """(N, Ho, Wo, KH*KW*C): ``_views`` concatenated along channels in (kh, kw, c) order, the
+    row order of an HWIO kernel."""
+    views = _views(x, k_hw, strides, pads, dilation, out_hw)
     return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+
+
+def _forward_elementwise(x, w, strides, pads, dilation, out_hw):
+    """(N, Ho, Wo, O): sum over offsets and input channels of view[..., c] * w[kh, kw, c, :], in
+    float32, cast to the inputs' dtype."""
+    kw_, c = w.shape[1], w.shape[2]
+    wf = w.astype(jnp.float32)
+    out = None
+    for k, v in enumerate(_views(x, w.shape[:2], strides, pads, dilation, out_hw)):
+        v = v.astype(jnp.float32)
+        for ci in range(c):
+            term = v[..., ci:ci + 1] * wf[k // kw_, k % kw_, ci]
+            out = term if out is None else out + term
+    return out.astype(jnp.result_type(x, w))
 
 
 def _kernel_grad_im2col(x, dy, k_hw, strides, pads, dilation, blocks):
@@ -97,14 +127,21 @@ def _kernel_grad_im2col(x, dy, k_hw, strides, pads, dilation, blocks):
     acc, _ = lax.scan(block, jnp.zeros((k_hw[0] * k_hw[1] * c, o), jnp.float32), (xs, dys))
     return acc.reshape(k_hw[0], k_hw[1], c, o)
 
-
-# ``measured_rule``, from benchmarks/conv_grad.py on this project's 2-core CPU
+# The measured rules, from benchmarks/conv_grad.py on this project's 2-core CPU
 # (benchmarks/NOTES.md, "Convolution weight gradient"): blocks of at most this many bytes of
-# columns stay in cache; a KxK kernel (K > 1) with fewer output pixels per image or fewer output
-# channels than these is left to XLA, which won there (1x1 kernels won everywhere).
-_BLOCK_BYTES = 3 * 2**19
+# columns stay in cache (6 MiB beat 1.5, 4, 8, 12 and 24 MiB on most shapes); a KxK kernel
+# (K > 1) with fewer output pixels per image or fewer output channels than these keeps XLA's
+# kernel gradient, which won or tied there (1x1 kernels lost to 'im2col' everywhere). The
+# elementwise forward won 2-8x up to 27 products per output (3x3x3, 5x5x1) and lost at 75.
+_BLOCK_BYTES = 3 * 2**21
 _MIN_OUT_PIXELS = 64
 _MIN_OUT_CHANNELS = 32
+# The rewrite adds ~0.15 s of XLA compile time per convolution (ResNet-20's step compiles in
+# 5.3 s instead of 2.7 s) and saves time in proportion to the work: below this many FLOPs per
+# call it would take more than ~100 steps to pay back, so small convolutions (tests, tiny
+# models) keep XLA's gradient.
+_MIN_FLOPS = 10**8
+_MAX_ELEMENTWISE_TERMS = 32
 
 
 def _block_count(n: int, bytes_per_example: int) -> int:
@@ -115,34 +152,50 @@ def _block_count(n: int, bytes_per_example: int) -> int:
     return n
 
 
+def _setting() -> str:
+    setting = os.environ.get("JAXVISION_CONV_GRAD", "") or "auto"
+    if setting not in SETTINGS:
+        raise ValueError(f"JAXVISION_CONV_GRAD={setting!r} must be one of {SETTINGS} (unset = "
+                         "'auto').")
+    return setting
+
+
 def choose(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int],
            out_hw: Sequence[int] | None = None, backend: str | None = None) -> str:
     """The kernel-gradient formulation for an NHWC input ``x_shape``, an HWIO kernel ``w_shape``
-    and output size ``out_hw`` (default: input size / stride).
-
-    ``JAXVISION_CONV_GRAD`` decides: unset or 'xla' (the default) -> 'xla'; 'im2col' -> 'im2col';
-    'auto' -> ``measured_rule``. The default stays XLA's gradient because, although 'im2col' wins
-    on most conv shapes measured alone, the whole train step of ``default`` ran slower with the
-    measured rule (0.83x; ResNet-20 1.07x; ``benchmarks/conv_step.py`` in benchmarks/NOTES.md).
-    """
-    setting = os.environ.get("JAXVISION_CONV_GRAD", "") or "xla"
-    if setting not in FORMULATIONS + ("auto",):
-        raise ValueError(f"JAXVISION_CONV_GRAD={setting!r} must be one of "
-                         f"{FORMULATIONS + ('auto',)}.")
+    and output size ``out_hw`` (default: input size / stride): ``JAXVISION_CONV_GRAD`` unset or
+    'auto' -> ``measured_rule``; 'xla' -> 'xla'; 'im2col' -> 'im2col'."""
+    setting = _setting()
     if setting != "auto":
         return setting
     return measured_rule(x_shape, w_shape, strides, out_hw, backend)
 
 
+def choose_forward(x_shape: Sequence[int], w_shape: Sequence[int],
+                   backend: str | None = None) -> str:
+    """The forward formulation: 'xla' under ``JAXVISION_CONV_GRAD=xla`` and off CPU; else
+    'elementwise' for a KxK kernel (K > 1) with at most ``_MAX_ELEMENTWISE_TERMS`` products per
+    output (KH*KW*C), 'xla' otherwise."""
+    if _setting() == "xla" or (backend or jax.default_backend()) != "cpu":
+        return "xla"
+    terms = int(w_shape[0]) * int(w_shape[1]) * int(x_shape[3])
+    small = w_shape[0] * w_shape[1] > 1 and terms <= _MAX_ELEMENTWISE_TERMS
+    return "elementwise" if small else "xla"
+
+
 def measured_rule(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int],
                   out_hw: Sequence[int] | None = None, backend: str | None = None) -> str:
-    """The faster formulation of the kernel gradient measured alone, per shape: on CPU 'im2col'
-    for 1x1 kernels, and for larger ones with at least ``_MIN_OUT_PIXELS`` output pixels per
-    image and ``_MIN_OUT_CHANNELS`` output channels; else 'xla'. Other backends: 'xla'."""
+    """The faster formulation of the kernel gradient measured alone, per shape: on CPU, for a
+    convolution of at least ``_MIN_FLOPS``, 'im2col' for 1x1 kernels, and for larger ones with
+    at least ``_MIN_OUT_PIXELS`` output pixels per image and ``_MIN_OUT_CHANNELS`` output
+    channels; else 'xla'. Other backends: 'xla'."""
     if (backend or jax.default_backend()) != "cpu":
         return "xla"
     if out_hw is None:
         out_hw = [-(-int(d) // int(s)) for d, s in zip(x_shape[1:3], strides)]
+    flops = 2 * x_shape[0] * out_hw[0] * out_hw[1] * w_shape[0] * w_shape[1] * w_shape[2] * w_shape[3]
+    if flops < _MIN_FLOPS:
+        return "xla"
     if w_shape[0] * w_shape[1] == 1:
         return "im2col"
     big = out_hw[0] * out_hw[1] >= _MIN_OUT_PIXELS and w_shape[3] >= _MIN_OUT_CHANNELS
@@ -176,27 +229,35 @@ def _dense(x, w, precision):
     return y.reshape(n, 1, 1, o)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv(x, w, strides, pads, dilation, precision):
-    """The forward convolution; its VJP takes the kernel gradient by 'im2col'."""
+def _lax_conv(x, w, strides, pads, dilation, precision):
     return lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation,
                                     dimension_numbers=_NHWC, precision=precision)
 
 
-def _conv_fwd(x, w, strides, pads, dilation, precision):
-    return _conv(x, w, strides, pads, dilation, precision), (x, w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _conv(x, w, strides, pads, dilation, precision, forward, kernel_grad):
+    """The convolution by ``forward``; its VJP takes the kernel gradient by ``kernel_grad``."""
+    if forward == "elementwise":
+        out_hw = [(x.shape[1 + i] + sum(pads[i]) - (w.shape[i] - 1) * dilation[i] - 1)
+                  // strides[i] + 1 for i in range(2)]
+        return _forward_elementwise(x, w, strides, pads, dilation, out_hw)
+    return _lax_conv(x, w, strides, pads, dilation, precision)
 
 
-def _conv_bwd(strides, pads, dilation, precision, res, dy):
+def _conv_fwd(x, w, strides, pads, dilation, precision, forward, kernel_grad):
+    return _conv(x, w, strides, pads, dilation, precision, forward, kernel_grad), (x, w)
+
+
+def _conv_bwd(strides, pads, dilation, precision, forward, kernel_grad, res, dy):
     x, w = res
-    _, vjp_x = jax.vjp(lambda x_: lax.conv_general_dilated(
-        x_, w, strides, pads, rhs_dilation=dilation, dimension_numbers=_NHWC,
-        precision=precision), x)
-    (dx,) = vjp_x(dy)
-    k_hw = w.shape[:2]
-    per_example = dy.shape[1] * dy.shape[2] * k_hw[0] * k_hw[1] * x.shape[3] * x.dtype.itemsize
-    dw = _kernel_grad_im2col(x, dy, k_hw, strides, pads, dilation,
-                             _block_count(x.shape[0], per_example))
+    (dx,) = jax.vjp(lambda x_: _lax_conv(x_, w, strides, pads, dilation, precision), x)[1](dy)
+    if kernel_grad == "im2col":
+        k_hw = w.shape[:2]
+        per_example = dy.shape[1] * dy.shape[2] * k_hw[0] * k_hw[1] * x.shape[3] * x.dtype.itemsize
+        dw = _kernel_grad_im2col(x, dy, k_hw, strides, pads, dilation,
+                                 _block_count(x.shape[0], per_example))
+    else:
+        (dw,) = jax.vjp(lambda w_: _lax_conv(x, w_, strides, pads, dilation, precision), w)[1](dy)
     return dx, dw.astype(w.dtype)
 
 
@@ -206,11 +267,12 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None, *,
-                         formulation: str | None = None):
-    """``lax.conv_general_dilated`` (same arguments and result) with the kernel gradient of
-    ``formulation`` (default: ``choose``'s rule; see the module docstring). Cases outside
-    NHWC/HWIO, feature or batch groups, input dilation and ``preferred_element_type`` are passed
-    to ``lax.conv_general_dilated`` unchanged."""
+                         formulation: str | None = None, forward: str | None = None):
+    """``lax.conv_general_dilated`` (same arguments and result) computed by the formulations of
+    ``choose`` (kernel gradient; ``formulation`` overrides) and ``choose_forward`` (``forward``
+    overrides); see the module docstring. Cases outside NHWC/HWIO, feature or batch groups,
+    input dilation and ``preferred_element_type`` are passed to ``lax.conv_general_dilated``
+    unchanged."""
     nd = lhs.ndim - 2
     strides = tuple(int(s) for s in window_strides)
     dilation = tuple(int(d) for d in (rhs_dilation or (1,) * nd))
@@ -222,16 +284,24 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         pads = _pads(padding, lhs.shape[1:3], rhs.shape[:2], strides, dilation)
         out_hw = [(lhs.shape[1 + i] + sum(pads[i]) - (rhs.shape[i] - 1) * dilation[i] - 1)
                   // strides[i] + 1 for i in range(2)]
+        if min(out_hw) < 1:
+            plain = True     # lax's own error
+    if not plain:
+        if _is_dense(lhs.shape, rhs.shape, pads, dilation, out_hw):
+            return _dense(lhs, rhs, precision)
         formulation = formulation or choose(lhs.shape, rhs.shape, strides, out_hw)
+        forward = forward or choose_forward(lhs.shape, rhs.shape)
         if formulation not in FORMULATIONS:
             raise ValueError(f"conv formulation must be one of {FORMULATIONS}, got {formulation!r}.")
-    if not plain and _is_dense(lhs.shape, rhs.shape, pads, dilation, out_hw):
-        return _dense(lhs, rhs, precision)
-    if plain or formulation == "xla":
+        if forward not in FORWARDS:
+            raise ValueError(f"conv forward must be one of {FORWARDS}, got {forward!r}.")
+        plain = formulation == "xla" and forward == "xla"
+    if plain:
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         batch_group_count, precision, preferred_element_type)
-    return _conv(lhs, rhs, strides, pads, dilation, precision)
+    return _conv(lhs, rhs, strides, pads, dilation, precision, forward, formulation)
+
 
 
 def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int | Sequence[int],

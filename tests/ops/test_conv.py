@@ -118,19 +118,64 @@ def test_bfloat16_second_derivatives_vmap_and_fallbacks():
 
 
 def test_choose_is_a_fixed_rule_of_the_shape(monkeypatch):
-    monkeypatch.delenv("JAXVISION_CONV_GRAD", raising=False)
-    assert C.choose((128, 32, 32, 16), (3, 3, 16, 32), (2, 2)) == "xla"      # the default
-    monkeypatch.setenv("JAXVISION_CONV_GRAD", "auto")
+    monkeypatch.delenv("JAXVISION_CONV_GRAD", raising=False)     # the default is 'auto'
     assert C.choose((128, 32, 32, 16), (3, 3, 16, 32), (2, 2), backend="cpu") == "im2col"
     assert C.choose((128, 32, 32, 16), (3, 3, 16, 16), (1, 1), backend="cpu") == "xla"
     assert C.choose((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), backend="cpu") == "xla"
     assert C.choose((128, 8, 8, 256), (1, 1, 256, 512), (2, 2), backend="cpu") == "im2col"
     assert C.choose((128, 32, 32, 16), (3, 3, 16, 32), (1, 1), backend="gpu") == "xla"
+    assert C.choose((4, 32, 32, 16), (3, 3, 16, 32), (2, 2), backend="cpu") == "xla"   # small
+    assert C.choose_forward((128, 28, 28, 1), (5, 5, 1, 6), backend="cpu") == "elementwise"
+    assert C.choose_forward((128, 32, 32, 3), (3, 3, 3, 64), backend="cpu") == "elementwise"
+    assert C.choose_forward((128, 32, 32, 3), (5, 5, 3, 16), backend="cpu") == "xla"
+    assert C.choose_forward((128, 32, 32, 16), (1, 1, 16, 16), backend="cpu") == "xla"
+    assert C.choose_forward((128, 28, 28, 1), (5, 5, 1, 6), backend="tpu") == "xla"
+    monkeypatch.setenv("JAXVISION_CONV_GRAD", "xla")
+    assert C.choose((128, 32, 32, 16), (3, 3, 16, 32), (2, 2), backend="cpu") == "xla"
+    assert C.choose_forward((128, 28, 28, 1), (5, 5, 1, 6), backend="cpu") == "xla"
     monkeypatch.setenv("JAXVISION_CONV_GRAD", "im2col")
     assert C.choose((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), backend="gpu") == "im2col"
     monkeypatch.setenv("JAXVISION_CONV_GRAD", "fast")
     with pytest.raises(ValueError, match="JAXVISION_CONV_GRAD='fast'"):
         C.choose((1, 8, 8, 1), (3, 3, 1, 1), (1, 1))
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 3),
+       o=st.integers(1, 5), kh=st.integers(1, 5), kw=st.integers(1, 3), sh=st.integers(1, 3),
+       sw=st.integers(1, 2), dh=st.integers(1, 2),
+       padding=st.sampled_from(["SAME", "VALID", ((2, 0), (1, 1))]),
+       dtype=st.sampled_from([jnp.float32, jnp.bfloat16]), seed=st.integers(0, 10_000))
+def test_elementwise_forward_matches_a_plain_loop_and_lax_gradients(n, h, w, c, o, kh, kw, sh,
+                                                                    sw, dh, padding, dtype, seed):
+    pads = C._pads(padding, (h, w), (kh, kw), (sh, sw), (dh, 1))
+    out_h = (h + sum(pads[0]) - (kh - 1) * dh - 1) // sh + 1
+    out_w = (w + sum(pads[1]) - kw) // sw + 1
+    if out_h < 1 or out_w < 1:
+        return
+    r = np.random.default_rng(seed)
+    x = jnp.asarray(r.standard_normal((n, h, w, c)), dtype)
+    k = jnp.asarray(r.standard_normal((kh, kw, c, o)), dtype)
+    # Reference: the definition as a float64 loop over output pixels and kernel offsets.
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), pads[0], pads[1], (0, 0)))
+    kf = np.asarray(k, np.float64)
+    want = np.zeros((n, out_h, out_w, o))
+    for i in range(out_h):
+        for j in range(out_w):
+            for a in range(kh):
+                for b in range(kw):
+                    want[:, i, j] += xp[:, i * sh + a * dh, j * sw + b] @ kf[a, b]
+    args = ((sh, sw), padding)
+    got = C.conv_general_dilated(x, k, *args, rhs_dilation=(dh, 1), dimension_numbers=NHWC,
+                                 forward="elementwise", formulation="xla")
+    assert got.dtype == dtype
+    _close(got.astype(jnp.float32), want, rtol=1e-5 if dtype == jnp.float32 else 2e-2)
+    if dtype == jnp.float32:
+        g = jnp.asarray(r.standard_normal(want.shape), jnp.float32)
+        ours = _loss(C.conv_general_dilated, *args, (dh, 1), forward="elementwise")
+        plain = _loss(lax.conv_general_dilated, *args, (dh, 1))
+        for arg in (0, 1):
+            _close(jax.grad(ours, argnums=arg)(x, k, g), jax.grad(plain, argnums=arg)(x, k, g))
 
 
 @pytest.mark.parametrize("name, kwargs, shape", [

@@ -35,6 +35,9 @@ MODELS = {
                  (16, 128, 128, 3, 1): 3, (32, 64, 128, 1, 2): 1, (16, 128, 256, 3, 2): 1,
                  (8, 256, 256, 3, 1): 3, (16, 128, 256, 1, 2): 1, (8, 256, 512, 3, 2): 1,
                  (4, 512, 512, 3, 1): 3, (8, 256, 512, 1, 2): 1},
+    "vgg11": {(32, 3, 64, 3, 1): 1, (16, 64, 128, 3, 1): 1, (8, 128, 256, 3, 1): 1,
+              (8, 256, 256, 3, 1): 1, (4, 256, 512, 3, 1): 1, (4, 512, 512, 3, 1): 1,
+              (2, 512, 512, 3, 1): 2},
 }
 
 
@@ -50,7 +53,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--models", nargs="+", default=["resnet20", "resnet18"], choices=list(MODELS))
     args = p.parse_args()
     shapes = []
     for m in args.models:

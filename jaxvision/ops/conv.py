@@ -10,9 +10,11 @@ layer). This module computes both another way where that was measured to be fast
   ``'im2col'``: the input's columns (the strided views of the padded input under every kernel
   offset, concatenated along channels: (n, Ho, Wo, KH*KW*C)) and one matmul with ``dy``, over
   blocks of examples small enough for the columns to stay in cache (a ``lax.scan``), summed;
-* forward, ``'xla'`` or ``'elementwise'``: for at most ``_MAX_ELEMENTWISE_TERMS`` products per
-  output (KH*KW*C: a 3x3 RGB or 5x5 gray first layer), the sum of the shifted views times the
-  kernel's scalars, one fused loop;
+* forward, ``'xla'``, ``'elementwise'`` or ``'im2col'``: for at most ``_MAX_ELEMENTWISE_TERMS``
+  products per output (KH*KW*C: a 3x3 RGB or 5x5 gray first layer), the sum of the shifted views
+  times the kernel's scalars, one fused loop; for maps of at most ``_MAX_IM2COL_PIXELS`` output
+  pixels (VGG's 2x2 maps on CIFAR, where XLA:CPU's forward and input gradient run at ~2 GFLOP/s),
+  the columns times the kernel as one matmul, and its transpose for the input gradient;
 * a kernel that covers its whole unpadded input (one output pixel: LeNet's C5, fc layers
   written as convolutions) is the matmul it is, forward and backward.
 
@@ -46,7 +48,7 @@ import jax.numpy as jnp
 from jax import lax
 
 FORMULATIONS = ("xla", "im2col")          # of the kernel gradient
-FORWARDS = ("xla", "elementwise")
+FORWARDS = ("xla", "elementwise", "im2col")
 SETTINGS = ("auto",) + FORMULATIONS       # of JAXVISION_CONV_GRAD
 _NHWC = ("NHWC", "HWIO", "NHWC")
 _AS_LAX = contextvars.ContextVar("jaxvision_conv_as_lax", default=False)
@@ -110,6 +112,14 @@ def _forward_elementwise(x, w, strides, pads, dilation, out_hw):
     return out.astype(jnp.result_type(x, w))
 
 
+def _forward_im2col(x, w, strides, pads, dilation, out_hw, precision):
+    """(N, Ho, Wo, O): the input's columns times the kernel as one matmul (float32 sums)."""
+    cols = _columns(x, w.shape[:2], strides, pads, dilation, out_hw)
+    y = jnp.einsum("nhwp,po->nhwo", cols, w.reshape(-1, w.shape[3]), precision=precision,
+                   preferred_element_type=jnp.float32)
+    return y.astype(jnp.result_type(x, w))
+
+
 def _kernel_grad_im2col(x, dy, k_hw, strides, pads, dilation, blocks):
     """(KH, KW, C, O) float32: ``dy`` against the input's columns, one (KH*KW*C, n*Ho*Wo) @
     (n*Ho*Wo, O) matmul per block of n = N / blocks examples, summed over the blocks (a scan,
@@ -142,6 +152,7 @@ _MIN_OUT_CHANNELS = 32
 # models) keep XLA's gradient.
 _MIN_FLOPS = 10**8
 _MAX_ELEMENTWISE_TERMS = 32
+_MAX_IM2COL_PIXELS = 4
 
 
 def _block_count(n: int, bytes_per_example: int) -> int:
@@ -172,15 +183,19 @@ def choose(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int
 
 
 def choose_forward(x_shape: Sequence[int], w_shape: Sequence[int],
-                   backend: str | None = None) -> str:
-    """The forward formulation: 'xla' under ``JAXVISION_CONV_GRAD=xla`` and off CPU; else
-    'elementwise' for a KxK kernel (K > 1) with at most ``_MAX_ELEMENTWISE_TERMS`` products per
-    output (KH*KW*C), 'xla' otherwise."""
+                   out_hw: Sequence[int] | None = None, backend: str | None = None) -> str:
+    """The forward formulation for a KxK kernel (K > 1; else 'xla'): 'xla' under
+    ``JAXVISION_CONV_GRAD=xla`` and off CPU; else 'elementwise' with at most
+    ``_MAX_ELEMENTWISE_TERMS`` products per output (KH*KW*C), 'im2col' for an output map of at
+    most ``_MAX_IM2COL_PIXELS`` pixels (``out_hw``, default the input's size), 'xla' otherwise."""
     if _setting() == "xla" or (backend or jax.default_backend()) != "cpu":
         return "xla"
-    terms = int(w_shape[0]) * int(w_shape[1]) * int(x_shape[3])
-    small = w_shape[0] * w_shape[1] > 1 and terms <= _MAX_ELEMENTWISE_TERMS
-    return "elementwise" if small else "xla"
+    if w_shape[0] * w_shape[1] == 1:
+        return "xla"
+    if int(w_shape[0]) * int(w_shape[1]) * int(x_shape[3]) <= _MAX_ELEMENTWISE_TERMS:
+        return "elementwise"
+    out_hw = x_shape[1:3] if out_hw is None else out_hw
+    return "im2col" if out_hw[0] * out_hw[1] <= _MAX_IM2COL_PIXELS else "xla"
 
 
 def measured_rule(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int],
@@ -237,10 +252,12 @@ def _lax_conv(x, w, strides, pads, dilation, precision):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
 def _conv(x, w, strides, pads, dilation, precision, forward, kernel_grad):
     """The convolution by ``forward``; its VJP takes the kernel gradient by ``kernel_grad``."""
+    out_hw = [(x.shape[1 + i] + sum(pads[i]) - (w.shape[i] - 1) * dilation[i] - 1)
+              // strides[i] + 1 for i in range(2)]
     if forward == "elementwise":
-        out_hw = [(x.shape[1 + i] + sum(pads[i]) - (w.shape[i] - 1) * dilation[i] - 1)
-                  // strides[i] + 1 for i in range(2)]
         return _forward_elementwise(x, w, strides, pads, dilation, out_hw)
+    if forward == "im2col":
+        return _forward_im2col(x, w, strides, pads, dilation, out_hw, precision)
     return _lax_conv(x, w, strides, pads, dilation, precision)
 
 
@@ -250,7 +267,14 @@ def _conv_fwd(x, w, strides, pads, dilation, precision, forward, kernel_grad):
 
 def _conv_bwd(strides, pads, dilation, precision, forward, kernel_grad, res, dy):
     x, w = res
-    (dx,) = jax.vjp(lambda x_: _lax_conv(x_, w, strides, pads, dilation, precision), x)[1](dy)
+    # The input gradient of the im2col forward is its transpose (a matmul, then the columns
+    # added back into place), which is as fast as that forward where XLA's is not.
+    if forward == "im2col":
+        out_hw = dy.shape[1:3]
+        (dx,) = jax.vjp(lambda x_: _forward_im2col(x_, w, strides, pads, dilation, out_hw,
+                                                   precision), x)[1](dy)
+    else:
+        (dx,) = jax.vjp(lambda x_: _lax_conv(x_, w, strides, pads, dilation, precision), x)[1](dy)
     if kernel_grad == "im2col":
         k_hw = w.shape[:2]
         per_example = dy.shape[1] * dy.shape[2] * k_hw[0] * k_hw[1] * x.shape[3] * x.dtype.itemsize
@@ -290,7 +314,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         if _is_dense(lhs.shape, rhs.shape, pads, dilation, out_hw):
             return _dense(lhs, rhs, precision)
         formulation = formulation or choose(lhs.shape, rhs.shape, strides, out_hw)
-        forward = forward or choose_forward(lhs.shape, rhs.shape)
+        forward = forward or choose_forward(lhs.shape, rhs.shape, out_hw)
         if formulation not in FORMULATIONS:
             raise ValueError(f"conv formulation must be one of {FORMULATIONS}, got {formulation!r}.")
         if forward not in FORWARDS:

@@ -130,6 +130,9 @@ def test_choose_is_a_fixed_rule_of_the_shape(monkeypatch):
     assert C.choose_forward((128, 32, 32, 3), (5, 5, 3, 16), backend="cpu") == "xla"
     assert C.choose_forward((128, 32, 32, 16), (1, 1, 16, 16), backend="cpu") == "xla"
     assert C.choose_forward((128, 28, 28, 1), (5, 5, 1, 6), backend="tpu") == "xla"
+    assert C.choose_forward((128, 2, 2, 512), (3, 3, 512, 512), backend="cpu") == "im2col"
+    assert C.choose_forward((128, 4, 4, 512), (3, 3, 512, 512), backend="cpu") == "xla"
+    assert C.choose_forward((128, 4, 4, 512), (3, 3, 512, 512), (2, 2), backend="cpu") == "im2col"
     monkeypatch.setenv("JAXVISION_CONV_GRAD", "xla")
     assert C.choose((128, 32, 32, 16), (3, 3, 16, 32), (2, 2), backend="cpu") == "xla"
     assert C.choose_forward((128, 28, 28, 1), (5, 5, 1, 6), backend="cpu") == "xla"
@@ -140,14 +143,15 @@ def test_choose_is_a_fixed_rule_of_the_shape(monkeypatch):
         C.choose((1, 8, 8, 1), (3, 3, 1, 1), (1, 1))
 
 
+@pytest.mark.parametrize("forward", ["elementwise", "im2col"])
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 3),
        o=st.integers(1, 5), kh=st.integers(1, 5), kw=st.integers(1, 3), sh=st.integers(1, 3),
        sw=st.integers(1, 2), dh=st.integers(1, 2),
        padding=st.sampled_from(["SAME", "VALID", ((2, 0), (1, 1))]),
        dtype=st.sampled_from([jnp.float32, jnp.bfloat16]), seed=st.integers(0, 10_000))
-def test_elementwise_forward_matches_a_plain_loop_and_lax_gradients(n, h, w, c, o, kh, kw, sh,
-                                                                    sw, dh, padding, dtype, seed):
+def test_forward_rewrites_match_a_plain_loop_and_lax_gradients(forward, n, h, w, c, o, kh, kw, sh,
+                                                               sw, dh, padding, dtype, seed):
     pads = C._pads(padding, (h, w), (kh, kw), (sh, sw), (dh, 1))
     out_h = (h + sum(pads[0]) - (kh - 1) * dh - 1) // sh + 1
     out_w = (w + sum(pads[1]) - kw) // sw + 1
@@ -167,12 +171,12 @@ def test_elementwise_forward_matches_a_plain_loop_and_lax_gradients(n, h, w, c, 
                     want[:, i, j] += xp[:, i * sh + a * dh, j * sw + b] @ kf[a, b]
     args = ((sh, sw), padding)
     got = C.conv_general_dilated(x, k, *args, rhs_dilation=(dh, 1), dimension_numbers=NHWC,
-                                 forward="elementwise", formulation="xla")
+                                 forward=forward, formulation="xla")
     assert got.dtype == dtype
     _close(got.astype(jnp.float32), want, rtol=1e-5 if dtype == jnp.float32 else 2e-2)
     if dtype == jnp.float32:
         g = jnp.asarray(r.standard_normal(want.shape), jnp.float32)
-        ours = _loss(C.conv_general_dilated, *args, (dh, 1), forward="elementwise")
+        ours = _loss(C.conv_general_dilated, *args, (dh, 1), forward=forward)
         plain = _loss(lax.conv_general_dilated, *args, (dh, 1))
         for arg in (0, 1):
             _close(jax.grad(ours, argnums=arg)(x, k, g), jax.grad(plain, argnums=arg)(x, k, g))
@@ -184,6 +188,9 @@ def test_elementwise_forward_matches_a_plain_loop_and_lax_gradients(n, h, w, c, 
     ("resnet20", dict(num_classes=10), (2, 16, 16, 3)),
     ("alexnet_small", dict(num_classes=10, width=0.0625, stem_kernel=3, stem_stride=1, grid=2),
      (2, 16, 16, 1)),
+    # 2x2 and 1x1 maps under 3x3 'SAME' kernels: the im2col forward.
+    ("vgg11", dict(num_classes=10, width=0.0625, fc_width=16, grid=1, norm="batch"),
+     (2, 32, 32, 3)),
 ])
 def test_zoo_model_gradients_equal_the_plain_convolution_version(monkeypatch, name, kwargs, shape):
     from jaxvision import models
@@ -201,6 +208,10 @@ def test_zoo_model_gradients_equal_the_plain_convolution_version(monkeypatch, na
     calls = []
     rewrite = C._kernel_grad_im2col
     monkeypatch.setattr(C, "_kernel_grad_im2col", lambda *a: calls.append(1) or rewrite(*a))
+    forwards = []
+    im2col_forward = C._forward_im2col
+    monkeypatch.setattr(C, "_forward_im2col",
+                        lambda *a: forwards.append(1) or im2col_forward(*a))
     monkeypatch.setenv("JAXVISION_CONV_GRAD", "xla")
     want = grads()
     assert not calls
@@ -208,6 +219,7 @@ def test_zoo_model_gradients_equal_the_plain_convolution_version(monkeypatch, na
     got = grads()
     # flax.linen.Conv passes ConvDimensionNumbers, not strings: the rewrite must still run.
     assert calls, f"{name}: no convolution took the im2col kernel gradient"
+    assert bool(forwards) == (name == "vgg11"), "the im2col forward is for tiny maps only"
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         _close(a, b, rtol=1e-4)
 
@@ -231,3 +243,24 @@ def test_a_kernel_covering_its_input_is_a_matmul_with_lax_values_and_gradients(s
     _close(ours(x, k, g), plain(x, k, g))
     for arg in (0, 1):
         _close(jax.grad(ours, argnums=arg)(x, k, g), jax.grad(plain, argnums=arg)(x, k, g))
+
+
+def test_pmap_and_sharded_jit_give_the_plain_gradients():
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    r = np.random.default_rng(3)
+    x = jnp.asarray(r.standard_normal((4, 2, 8, 8, 3)), jnp.float32)     # (devices, n, ...)
+    k = jnp.asarray(r.standard_normal((3, 3, 3, 4)), jnp.float32)
+    g = jnp.asarray(r.standard_normal((4, 2, 8, 8, 4)), jnp.float32)
+    ours = _loss(C.conv_general_dilated, (1, 1), "SAME", (1, 1), formulation="im2col",
+                 forward="elementwise")
+    plain = _loss(lax.conv_general_dilated, (1, 1), "SAME", (1, 1))
+    want = jax.vmap(jax.grad(plain, argnums=(0, 1)), in_axes=(0, None, 0))(x, k, g)
+    got = jax.pmap(jax.grad(ours, argnums=(0, 1)), in_axes=(0, None, 0))(x, k, g)
+    for a, b in zip(got, want):
+        _close(a, b)
+    mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+    xs, gs = (jax.device_put(v.reshape((8,) + v.shape[2:]), NamedSharding(mesh, P("data")))
+              for v in (x, g))
+    dx, dk = jax.jit(jax.grad(ours, argnums=(0, 1)))(xs, k, gs)
+    _close(dx, want[0].reshape(dx.shape))
+    _close(dk, jax.grad(plain, argnums=1)(xs, k, gs))

@@ -4,7 +4,8 @@ and the input gradient.
 
     python benchmarks/conv_grad.py [--batch 128] [--repeats 5] [--models resnet20 resnet18]
 
-For each distinct shape: forward GFLOP/s, XLA's input gradient, then the kernel gradient's
+For each distinct shape: XLA's forward and input gradient GFLOP/s and those of the shipped
+forward formulation (``choose_forward``: 'elementwise' / 'im2col' / 'xla'), then the kernel gradient's
 GFLOP/s with XLA's backward-filter convolution ('xla') and the rewrite ('im2col'), measured
 interleaved (every formulation once per round, median over rounds, so machine noise hits all
 alike), the fastest, and what ``jaxvision.ops.conv.measured_rule`` picks. FLOPs = 2 * N * Ho * Wo
@@ -61,9 +62,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"backend {jax.default_backend()}, {jax.device_count()} device(s), batch {args.batch}, "
           f"float32, median of {args.repeats} interleaved rounds; GFLOP/s")
-    print("| input (HxWxC) | kernel | out | stride | fwd | dx xla | "
-          + " | ".join(f"dW {f}" for f in C.FORMULATIONS) + " | fastest | chosen |")
-    print("|---|---|---:|---:|---:|---:|" + "---:|" * len(C.FORMULATIONS) + "---|---|")
+    print("| input (HxWxC) | kernel | out | stride | fwd xla | fwd chosen | dx xla | dx chosen | "
+          + " | ".join(f"dW {f}" for f in C.FORMULATIONS) + " | dW fastest | dW chosen |")
+    print("|---|---|---:|---:|---:|---|---:|---:|" + "---:|" * len(C.FORMULATIONS) + "---|---|")
     ms = {}
     for h, c, o, k, s in shapes:
         x = jnp.asarray(rng.standard_normal((args.batch, h, h, c), dtype=np.float32))
@@ -75,6 +76,13 @@ def main() -> None:
             x, w, (s, s), "SAME", dimension_numbers=C._NHWC))}
         fns["dx"] = jax.jit(jax.grad(lambda x, w, dy: jnp.sum(lax.conv_general_dilated(
             x, w, (s, s), "SAME", dimension_numbers=C._NHWC) * dy)))
+        # The shipped forward and input gradient (kernel gradient left to XLA: not timed here).
+        fwd_form = C.choose_forward(x.shape, w.shape, (ho, ho))
+        fns["fwd_chosen"] = jax.jit(lambda x, w: C.conv_general_dilated(
+            x, w, (s, s), "SAME", dimension_numbers=C._NHWC, forward=fwd_form, formulation="xla"))
+        fns["dx_chosen"] = jax.jit(jax.grad(lambda x, w, dy: jnp.sum(C.conv_general_dilated(
+            x, w, (s, s), "SAME", dimension_numbers=C._NHWC, forward=fwd_form,
+            formulation="xla") * dy)))
         for f in C.FORMULATIONS:
             fns[f] = _grad_fn(f, (s, s), "SAME")
         ref = np.asarray(fns["xla"](x, w, dy))
@@ -83,7 +91,9 @@ def main() -> None:
             err = np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30)
             assert err < 1e-4, (f, (h, c, o, k, s), err)
         calls = {"fwd": lambda: fns["fwd"](x, w).block_until_ready(),
-                 "dx": lambda: fns["dx"](x, w, dy).block_until_ready()}
+                 "dx": lambda: fns["dx"](x, w, dy).block_until_ready(),
+                 "fwd_chosen": lambda: fns["fwd_chosen"](x, w).block_until_ready(),
+                 "dx_chosen": lambda: fns["dx_chosen"](x, w, dy).block_until_ready()}
         for f in C.FORMULATIONS:
             calls[f] = (lambda f=f: fns[f](x, w, dy).block_until_ready())
         for call in calls.values():
@@ -99,19 +109,22 @@ def main() -> None:
         chosen = C.measured_rule(x.shape, w.shape, (s, s))
         ms[(h, c, o, k, s)] = {name: 1000 * statistics.median(t) for name, t in times.items()}
         ms[(h, c, o, k, s)]["chosen"] = ms[(h, c, o, k, s)][chosen]
-        print(f"| {h}x{h}x{c} | {k}x{k} | {o} | {s} | {rate['fwd']:.1f} | {rate['dx']:.1f} | "
+        print(f"| {h}x{h}x{c} | {k}x{k} | {o} | {s} | {rate['fwd']:.1f} | "
+              f"{rate['fwd_chosen']:.1f} ({fwd_form}) | {rate['dx']:.1f} | {rate['dx_chosen']:.1f} | "
               + " | ".join(f"{rate[f]:.1f}" for f in C.FORMULATIONS)
               + f" | {fastest} | {chosen} |", flush=True)
     print("\nms per train step in the convolutions (shape times count; the stem has no dx):")
-    print("| model | fwd | dx xla | dW xla | dW chosen | total xla | total chosen |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | fwd xla | fwd chosen | dx xla | dx chosen | dW xla | dW chosen | total xla | "
+          "total chosen |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for m in args.models:
-        tot = {name: sum(ms[sh][name] * n * (0 if name == "dx" and i == 0 else 1)
+        tot = {name: sum(ms[sh][name] * n * (0 if name in ("dx", "dx_chosen") and i == 0 else 1)
                          for i, (sh, n) in enumerate(MODELS[m].items()))
-               for name in ("fwd", "dx", "xla", "chosen")}
-        print(f"| {m} | {tot['fwd']:.0f} | {tot['dx']:.0f} | {tot['xla']:.0f} | {tot['chosen']:.0f} | "
+               for name in ("fwd", "fwd_chosen", "dx", "dx_chosen", "xla", "chosen")}
+        print(f"| {m} | {tot['fwd']:.0f} | {tot['fwd_chosen']:.0f} | {tot['dx']:.0f} | "
+              f"{tot['dx_chosen']:.0f} | {tot['xla']:.0f} | {tot['chosen']:.0f} | "
               f"{tot['fwd'] + tot['dx'] + tot['xla']:.0f} | "
-              f"{tot['fwd'] + tot['dx'] + tot['chosen']:.0f} |")
+              f"{tot['fwd_chosen'] + tot['dx_chosen'] + tot['chosen']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -300,7 +300,11 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     nd = lhs.ndim - 2
     strides = tuple(int(s) for s in window_strides)
     dilation = tuple(int(d) for d in (rhs_dilation or (1,) * nd))
-    plain = (_AS_LAX.get() or nd != 2 or not _is_nhwc(lhs.shape, rhs.shape, dimension_numbers)
+    # Symbolic shapes (``jax.export`` with a batch dimension 'b') have no static size to choose
+    # by, and an exported model should not depend on this host's measurements: XLA's.
+    symbolic = not all(isinstance(d, int) for d in tuple(lhs.shape) + tuple(rhs.shape))
+    plain = (_AS_LAX.get() or symbolic or nd != 2
+             or not _is_nhwc(lhs.shape, rhs.shape, dimension_numbers)
              or feature_group_count != 1
              or batch_group_count != 1 or any(d != 1 for d in (lhs_dilation or (1,) * nd))
              or preferred_element_type is not None)

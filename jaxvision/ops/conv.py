@@ -140,11 +140,15 @@ def _kernel_grad_im2col(x, dy, k_hw, strides, pads, dilation, blocks):
 # The measured rules, from benchmarks/conv_grad.py on this project's 2-core CPU
 # (benchmarks/NOTES.md, "Convolution weight gradient"): blocks of at most this many bytes of
 # columns stay in cache (6 MiB beat 1.5, 4, 8, 12 and 24 MiB on most shapes); a KxK kernel
-# (K > 1) with fewer output pixels per image or fewer output channels than these keeps XLA's
-# kernel gradient, which won or tied there (1x1 kernels lost to 'im2col' everywhere). The
+# (K > 1) with fewer output rows (N * Ho * Wo, the matmul's contraction) or fewer output channels
+# than these keeps XLA's kernel gradient, which won or tied there (ResNet-18's and VGG's 4x4
+# maps at batch 128, U-Net's 8x8 and 16x16 at batch 16, AlexNet's 13x13 at 32); 1x1 kernels
+# lost to 'im2col' everywhere. Kernels larger than 3x3 keep XLA's: AlexNet's 11x11/4 and 5x5
+# won alone (35 vs 28, 75 vs 61 GFLOP/s) but its whole step ran 0.79-0.86x with them rewritten. The
 # elementwise forward won 2-8x up to 27 products per output (3x3x3, 5x5x1) and lost at 75.
 _BLOCK_BYTES = 3 * 2**21
-_MIN_OUT_PIXELS = 64
+_MIN_ROWS = 8192
+_MAX_KERNEL_PIXELS = 9
 _MIN_OUT_CHANNELS = 32
 # The rewrite adds ~0.15 s of XLA compile time per convolution (ResNet-20's step compiles in
 # 5.3 s instead of 2.7 s) and saves time in proportion to the work: below this many FLOPs per
@@ -202,8 +206,9 @@ def measured_rule(x_shape: Sequence[int], w_shape: Sequence[int], strides: Seque
                   out_hw: Sequence[int] | None = None, backend: str | None = None) -> str:
     """The faster formulation of the kernel gradient measured alone, per shape: on CPU, for a
     convolution of at least ``_MIN_FLOPS``, 'im2col' for 1x1 kernels, and for larger ones with
-    at least ``_MIN_OUT_PIXELS`` output pixels per image and ``_MIN_OUT_CHANNELS`` output
-    channels; else 'xla'. Other backends: 'xla'."""
+    at most ``_MAX_KERNEL_PIXELS`` taps (3x3), at least ``_MIN_ROWS`` output pixels in the batch
+    (N * Ho * Wo) and ``_MIN_OUT_CHANNELS`` output channels; else 'xla'. Other backends:
+    'xla'."""
     if (backend or jax.default_backend()) != "cpu":
         return "xla"
     if out_hw is None:
@@ -213,7 +218,8 @@ def measured_rule(x_shape: Sequence[int], w_shape: Sequence[int], strides: Seque
         return "xla"
     if w_shape[0] * w_shape[1] == 1:
         return "im2col"
-    big = out_hw[0] * out_hw[1] >= _MIN_OUT_PIXELS and w_shape[3] >= _MIN_OUT_CHANNELS
+    big = (x_shape[0] * out_hw[0] * out_hw[1] >= _MIN_ROWS and w_shape[3] >= _MIN_OUT_CHANNELS
+           and w_shape[0] * w_shape[1] <= _MAX_KERNEL_PIXELS)
     return "im2col" if big else "xla"
 
 

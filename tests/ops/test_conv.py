@@ -125,6 +125,9 @@ def test_choose_is_a_fixed_rule_of_the_shape(monkeypatch):
     assert C.choose((128, 8, 8, 256), (1, 1, 256, 512), (2, 2), backend="cpu") == "im2col"
     assert C.choose((128, 32, 32, 16), (3, 3, 16, 32), (1, 1), backend="gpu") == "xla"
     assert C.choose((4, 32, 32, 16), (3, 3, 16, 32), (2, 2), backend="cpu") == "xla"   # small
+    assert C.choose((16, 16, 16, 64), (3, 3, 64, 128), (1, 1), backend="cpu") == "xla"  # 4096 rows
+    assert C.choose((16, 32, 32, 32), (3, 3, 32, 64), (1, 1), backend="cpu") == "im2col"
+    assert C.choose((32, 27, 27, 64), (5, 5, 64, 192), (1, 1), backend="cpu") == "xla"   # 5x5
     assert C.choose_forward((128, 28, 28, 1), (5, 5, 1, 6), backend="cpu") == "elementwise"
     assert C.choose_forward((128, 32, 32, 3), (3, 3, 3, 64), backend="cpu") == "elementwise"
     assert C.choose_forward((128, 32, 32, 3), (5, 5, 3, 16), backend="cpu") == "xla"

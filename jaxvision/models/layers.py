@@ -256,8 +256,8 @@ def conv(
 ) -> nn.Conv:
     """A square 2-D convolution with the model's dtypes and named kernel initializer.
 
-    It goes through ``jaxvision.ops.conv`` (XLA's kernel gradient by default;
-    ``JAXVISION_CONV_GRAD=auto`` or ``im2col`` for the CPU rewrite); parameters are
+    It goes through ``jaxvision.ops.conv`` (per-shape CPU formulations by default;
+    ``JAXVISION_CONV_GRAD=xla`` for XLA's everywhere); parameters are
     ``flax.linen.Conv``'s, so checkpoints do not depend on it."""
     if isinstance(padding, int):
         padding = [(padding, padding), (padding, padding)]

@@ -26,9 +26,9 @@ unset or 'auto' (the default) applies the measured rules on CPU and XLA's formul
 backends; 'xla' is ``lax.conv_general_dilated`` everywhere (what a plain Flax model gets);
 'im2col' forces the kernel-gradient rewrite. Convolutions the rewrites do not cover (feature
 groups, input dilation, batch groups, layouts other than NHWC/HWIO, ``preferred_element_type``,
-3-D) are ``lax.conv_general_dilated``'s.
+3-D, symbolic shapes as in ``jax.export``) are ``lax.conv_general_dilated``'s.
 
-The input gradient is XLA's. Second derivatives go through the same functions (the custom
+The input gradient is XLA's, except after the im2col forward (its transpose). Second derivatives go through the same functions (the custom
 VJP's backward is itself differentiable).
 
 ``conv_general_dilated`` has ``lax.conv_general_dilated``'s signature, so it drops into

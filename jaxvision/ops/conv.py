@@ -75,6 +75,12 @@ def _pads(padding: Any, x_hw: Sequence[int], k_hw: Sequence[int], strides: Seque
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
+def _out_hw(x_shape, w_shape, strides, pads, dilation) -> list[int]:
+    """(Ho, Wo) of an NHWC input under an HWIO kernel with explicit ``pads``."""
+    return [(x_shape[1 + i] + sum(pads[i]) - (w_shape[i] - 1) * dilation[i] - 1) // strides[i] + 1
+            for i in range(2)]
+
+
 def _views(x, k_hw, strides, pads, dilation, out_hw) -> list:
     """The KH*KW strided views (N, Ho, Wo, C) of the padded input, one per kernel offset, in
     (kh, kw) order."""
@@ -258,8 +264,7 @@ def _lax_conv(x, w, strides, pads, dilation, precision):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
 def _conv(x, w, strides, pads, dilation, precision, forward, kernel_grad):
     """The convolution by ``forward``; its VJP takes the kernel gradient by ``kernel_grad``."""
-    out_hw = [(x.shape[1 + i] + sum(pads[i]) - (w.shape[i] - 1) * dilation[i] - 1)
-              // strides[i] + 1 for i in range(2)]
+    out_hw = _out_hw(x.shape, w.shape, strides, pads, dilation)
     if forward == "elementwise":
         return _forward_elementwise(x, w, strides, pads, dilation, out_hw)
     if forward == "im2col":
@@ -316,8 +321,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
              or preferred_element_type is not None)
     if not plain:
         pads = _pads(padding, lhs.shape[1:3], rhs.shape[:2], strides, dilation)
-        out_hw = [(lhs.shape[1 + i] + sum(pads[i]) - (rhs.shape[i] - 1) * dilation[i] - 1)
-                  // strides[i] + 1 for i in range(2)]
+        out_hw = _out_hw(lhs.shape, rhs.shape, strides, pads, dilation)
         if min(out_hw) < 1:
             plain = True     # lax's own error
     if not plain:

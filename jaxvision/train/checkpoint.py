@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import math
 import os
 import re
@@ -393,6 +394,7 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 - every other failure means this step is unusable
                 why = f"{type(e).__name__}: {_short(e)}"
                 failures.append(f"step {candidate}: {why}")
+                _ORPHANED_READS.mute(self._step_path(candidate))
                 if not may_fall_back:
                     raise CheckpointError(
                         f"{what}: checkpoint step {candidate} in {self._directory} is unusable ({why})"
@@ -551,6 +553,40 @@ class _QuietClosedLoop:
             text = "".join(line + "\n" for line in lines if line.strip())
         if text:
             self._stream.write(text)
+
+
+class _OrphanedReadFilter(logging.Filter):
+    """Drops asyncio's 'Future exception was never retrieved' records about damaged checkpoints.
+
+    When one read of a damaged checkpoint fails, orbax stops waiting for the others; their
+    futures fail too and asyncio logs each one when it is garbage-collected, which may be long
+    after the restore returned (so ``_QuietClosedLoop`` cannot catch them). Only records that
+    name a step directory already reported unusable are dropped; every other one passes.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._paths: set[str] = set()
+        self._installed = False
+
+    def mute(self, step_dir: Any) -> None:
+        # With a separator, so that muting step 8 leaves step 80's records alone.
+        self._paths.update(os.path.join(p, "") for p in
+                           (os.fspath(step_dir), os.path.abspath(os.fspath(step_dir))))
+        if not self._installed:
+            logging.getLogger("asyncio").addFilter(self)
+            self._installed = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "never retrieved" not in str(record.msg):
+            return True
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += str(record.exc_info[1])
+        return not any(p in text for p in self._paths)
+
+
+_ORPHANED_READS = _OrphanedReadFilter()
 
 
 def _short(e: BaseException, limit: int = 300) -> str:

@@ -334,6 +334,25 @@ def test_quiet_closed_loop_drops_only_those_tracebacks(capsys):
     assert capsys.readouterr().err == "nothing to drop\n"
 
 
+def test_orphaned_read_errors_of_a_damaged_step_are_not_logged(tmp_path, caplog):
+    # asyncio logs a failed future nobody awaited when it is garbage-collected, possibly long
+    # after the restore: those of a step already reported unusable are dropped, others kept.
+    import asyncio
+    import gc
+    from jaxvision.train.checkpoint import _ORPHANED_READS
+    damaged = tmp_path / "checkpoints" / "8"
+    _ORPHANED_READS.mute(damaged)
+    loop = asyncio.new_event_loop()
+    for where in (damaged / "state", tmp_path / "checkpoints" / "80" / "state"):
+        future = loop.create_future()
+        future.set_exception(ValueError(f"DATA_LOSS: Error reading in {where}/"))
+        del future
+        gc.collect()
+    loop.close()
+    logged = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert len(logged) == 1 and "checkpoints/80/state" in logged[0]
+
+
 @pytest.mark.parametrize("corrupt", [_corrupt_arrays, _corrupt_meta, _delete_state])
 def test_corrupt_latest_falls_back_with_warning(tmp_path, corrupt):
     with Checkpointer(tmp_path, max_to_keep=3, async_save=False) as ckpt:

@@ -28,8 +28,12 @@ backends; 'xla' is ``lax.conv_general_dilated`` everywhere (what a plain Flax mo
 groups, input dilation, batch groups, layouts other than NHWC/HWIO, ``preferred_element_type``,
 3-D, symbolic shapes as in ``jax.export``) are ``lax.conv_general_dilated``'s.
 
-The input gradient is XLA's, except after the im2col forward (its transpose). Second derivatives go through the same functions (the custom
-VJP's backward is itself differentiable).
+The input gradient is XLA's, except after the im2col forward (its transpose). Second
+derivatives go through the same functions (the custom VJP's backward is itself differentiable).
+
+``conv_transpose`` (FCN, U-Net, DispNet, Mask R-CNN upsampling) is written as a stride-1
+convolution over the output's phases: as the input-dilated convolution that ``jax.vjp`` gives,
+its backward pass took 20-100x as long on XLA:CPU.
 
 ``conv_general_dilated`` has ``lax.conv_general_dilated``'s signature, so it drops into
 ``flax.linen.Conv(conv_general_dilated=...)``: parameters and checkpoints are unchanged.
@@ -97,6 +101,11 @@ def _views(x, k_hw, strides, pads, dilation, out_hw) -> list:
     return views
 
 
+def _acc_dtype(*arrays) -> Any:
+    """The dtype sums run in: float32, or the inputs' own when wider (float64 stays float64)."""
+    return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+
+
 def _columns(x, k_hw, strides, pads, dilation, out_hw):
     """(N, Ho, Wo, KH*KW*C): ``_views`` concatenated along channels in (kh, kw, c) order, the
     row order of an HWIO kernel."""
@@ -106,12 +115,13 @@ def _columns(x, k_hw, strides, pads, dilation, out_hw):
 
 def _forward_elementwise(x, w, strides, pads, dilation, out_hw):
     """(N, Ho, Wo, O): sum over offsets and input channels of view[..., c] * w[kh, kw, c, :], in
-    float32, cast to the inputs' dtype."""
+    float32 (or wider), cast to the inputs' dtype."""
     kw_, c = w.shape[1], w.shape[2]
-    wf = w.astype(jnp.float32)
+    acc = _acc_dtype(x, w)
+    wf = w.astype(acc)
     out = None
     for k, v in enumerate(_views(x, w.shape[:2], strides, pads, dilation, out_hw)):
-        v = v.astype(jnp.float32)
+        v = v.astype(acc)
         for ci in range(c):
             term = v[..., ci:ci + 1] * wf[k // kw_, k % kw_, ci]
             out = term if out is None else out + term
@@ -119,28 +129,29 @@ def _forward_elementwise(x, w, strides, pads, dilation, out_hw):
 
 
 def _forward_im2col(x, w, strides, pads, dilation, out_hw, precision):
-    """(N, Ho, Wo, O): the input's columns times the kernel as one matmul (float32 sums)."""
+    """(N, Ho, Wo, O): the input's columns times the kernel as one matmul (float32 or wider sums)."""
     cols = _columns(x, w.shape[:2], strides, pads, dilation, out_hw)
     y = jnp.einsum("nhwp,po->nhwo", cols, w.reshape(-1, w.shape[3]), precision=precision,
-                   preferred_element_type=jnp.float32)
+                   preferred_element_type=_acc_dtype(x, w))
     return y.astype(jnp.result_type(x, w))
 
 
 def _kernel_grad_im2col(x, dy, k_hw, strides, pads, dilation, blocks):
-    """(KH, KW, C, O) float32: ``dy`` against the input's columns, one (KH*KW*C, n*Ho*Wo) @
-    (n*Ho*Wo, O) matmul per block of n = N / blocks examples, summed over the blocks (a scan,
+    """(KH, KW, C, O) in float32 or wider: ``dy`` against the input's columns, one
+    (KH*KW*C, n*Ho*Wo) @ (n*Ho*Wo, O) matmul per block of n = N / blocks examples, summed over the blocks (a scan,
     so only one block's columns exist at a time)."""
     n, ho, wo, o = dy.shape
     c = x.shape[3]
+    acc_dtype = _acc_dtype(x, dy)
 
     def block(acc, xd):
         cols = _columns(xd[0], k_hw, strides, pads, dilation, (ho, wo))
         return acc + jnp.einsum("nhwp,nhwo->po", cols, xd[1],
-                                preferred_element_type=jnp.float32), None
+                                preferred_element_type=acc_dtype), None
 
     xs = x.reshape((blocks, n // blocks) + x.shape[1:])
     dys = dy.reshape((blocks, n // blocks) + dy.shape[1:])
-    acc, _ = lax.scan(block, jnp.zeros((k_hw[0] * k_hw[1] * c, o), jnp.float32), (xs, dys))
+    acc, _ = lax.scan(block, jnp.zeros((k_hw[0] * k_hw[1] * c, o), acc_dtype), (xs, dys))
     return acc.reshape(k_hw[0], k_hw[1], c, o)
 
 # The measured rules, from benchmarks/conv_grad.py on this project's 2-core CPU
@@ -206,6 +217,16 @@ def choose_forward(x_shape: Sequence[int], w_shape: Sequence[int],
         return "elementwise"
     out_hw = x_shape[1:3] if out_hw is None else out_hw
     return "im2col" if out_hw[0] * out_hw[1] <= _MAX_IM2COL_PIXELS else "xla"
+
+
+def choose_transpose(backend: str | None = None) -> str:
+    """How ``conv_transpose`` is computed: 'phases' (one stride-1 convolution over the output's
+    phases, 20-100x faster backward on XLA:CPU) on CPU; 'xla' (the input-dilated convolution
+    of ``jax.vjp``, what ``lax.conv_transpose`` does) under ``JAXVISION_CONV_GRAD=xla`` and off
+    CPU, where it was not measured."""
+    if _setting() == "xla" or (backend or jax.default_backend()) != "cpu":
+        return "xla"
+    return "phases"
 
 
 def measured_rule(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int],
@@ -349,9 +370,10 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int | Sequence[int],
 
     Defined as the transpose of a convolution's matrix: with ``conv`` the convolution of stride
     ``stride``, padding ``padding`` and dilation ``dilation`` by ``kernel`` read as (KH, KW,
-    C_out, C_in) (mapping C_out channels to C_in), ``conv(z) = U z`` and this returns ``U^T x``
-    (computed as the VJP of ``conv_general_dilated``, so its gradients go through the same
-    kernel-gradient mechanism). ``x`` (N, H, W, C_in), ``kernel`` (KH, KW, C_in, C_out);
+    C_out, C_in) (mapping C_out channels to C_in), ``conv(z) = U z`` and this returns ``U^T x``,
+    computed as one stride-1 convolution per output phase (``_conv_transpose_by_phases``), so
+    its forward and gradients go through this module's convolution; within ``as_lax()``, as
+    the VJP of the strided convolution (an input-dilated one). ``x`` (N, H, W, C_in), ``kernel`` (KH, KW, C_in, C_out);
     returns (N, Ho, Wo, C_out) with ``Ho = (H - 1) * s - 2 p + d (KH - 1) + 1 + output_padding``
     (``output_padding`` < ``stride`` picks among the sizes that the convolution maps to H).
     """
@@ -374,15 +396,59 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int | Sequence[int],
                    for n, si, pi, di, k, o in zip(x.shape[1:3], s, p, d, (kh, kw), op))
     if min(out_hw) < 1:
         raise ValueError(f"conv_transpose: the output would be {out_hw}; lower the padding.")
-    w = jnp.swapaxes(kernel, 2, 3)  # the convolution's HWIO kernel: C_out in, C_in out
+    dtype = jnp.result_type(x, kernel)
+    if _AS_LAX.get() or choose_transpose() == "xla":
+        # The input-dilated convolution lax writes (`receptive_fields` reads it off the jaxpr).
+        w = jnp.swapaxes(kernel, 2, 3)  # the convolution's HWIO kernel: C_out in, C_in out
 
-    def forward(z):
-        return conv_general_dilated(z, w, s, ((p[0], p[0]), (p[1], p[1])), rhs_dilation=d,
-                                    dimension_numbers=_NHWC)
+        def forward(z):
+            return conv_general_dilated(z, w, s, ((p[0], p[0]), (p[1], p[1])), rhs_dilation=d,
+                                        dimension_numbers=_NHWC)
 
-    z = jnp.zeros((x.shape[0],) + out_hw + (kernel.shape[3],), jnp.result_type(x, kernel))
-    _, vjp = jax.vjp(forward, z)
-    return vjp(x.astype(z.dtype))[0]
+        z = jnp.zeros((x.shape[0],) + out_hw + (kernel.shape[3],), dtype)
+        _, vjp = jax.vjp(forward, z)
+        return vjp(x.astype(dtype))[0]
+    return _conv_transpose_by_phases(x.astype(dtype), kernel.astype(dtype), s, p, d, out_hw)
+
+
+def _conv_transpose_by_phases(x: jax.Array, kernel: jax.Array, s: tuple[int, int],
+                              p: tuple[int, int], d: tuple[int, int],
+                              out_hw: tuple[int, ...]) -> jax.Array:
+    """``conv_transpose`` as one stride-1 convolution with ``s[0] * s[1]`` times the output
+    channels, then depth-to-space: (N, Ho, Wo, C_out).
+
+    Output row ``j`` of a transposed convolution is ``sum_m x[q - m] w[r + s m]`` with
+    ``q, r = divmod(j + p, s)``: each phase ``r`` of the output is a plain convolution of ``x``
+    with every ``s``-th kernel row from ``r`` (the sub-pixel decomposition). Written so, the
+    forward and both gradients are ordinary convolutions; as the input-dilated convolution that
+    ``jax.vjp`` of a strided convolution gives, XLA:CPU took 80-500 ms for the backward pass of
+    U-Net's and DispNet's upsampling layers against 2-5 ms this way (``benchmarks/NOTES.md``).
+    """
+    n, h, w_, c = x.shape
+    o = kernel.shape[3]
+    k = kernel
+    if d != (1, 1):   # the dilated kernel, its zeros written out
+        kh, kw = k.shape[:2]
+        k = jnp.zeros(((kh - 1) * d[0] + 1, (kw - 1) * d[1] + 1, c, o), k.dtype).at[::d[0], ::d[1]].set(k)
+    # Zero rows up to a multiple of the stride give every phase m taps.
+    m = tuple(-(-k.shape[i] // s[i]) for i in range(2))
+    k = jnp.pad(k, ((0, m[0] * s[0] - k.shape[0]), (0, m[1] * s[1] - k.shape[1]), (0, 0), (0, 0)))
+    # (m, s, m, s, C, O) with kernel row m_i * s + r; flipped over m (a correlation, as lax
+    # convolves), phases moved to the output channels.
+    k = k.reshape(m[0], s[0], m[1], s[1], c, o)[::-1, :, ::-1]
+    k = k.transpose(0, 2, 4, 1, 3, 5).reshape(m[0], m[1], c, s[0] * s[1] * o)
+    # Phase outputs q0..q1 cover output rows p..p + Ho - 1; padding lo/hi makes the VALID
+    # convolution start at q0 and give q1 - q0 + 1 of them (negative pads crop).
+    q0 = [p[i] // s[i] for i in range(2)]
+    q1 = [(p[i] + out_hw[i] - 1) // s[i] for i in range(2)]
+    lo = [m[i] - 1 - q0[i] for i in range(2)]
+    hi = [q1[i] - q0[i] + m[i] - (h, w_)[i] - lo[i] for i in range(2)]
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo[0], hi[0], 0), (lo[1], hi[1], 0), (0, 0, 0)))
+    y = conv_general_dilated(xp, k, (1, 1), "VALID", dimension_numbers=_NHWC)
+    qh, qw = y.shape[1:3]
+    y = y.reshape(n, qh, qw, s[0], s[1], o).transpose(0, 1, 3, 2, 4, 5).reshape(n, qh * s[0], qw * s[1], o)
+    top, left = p[0] - q0[0] * s[0], p[1] - q0[1] * s[1]
+    return y[:, top:top + out_hw[0], left:left + out_hw[1]]
 
 
 def bilinear_kernel(factor: int, channels: int, dtype: Any = jnp.float32) -> jax.Array:

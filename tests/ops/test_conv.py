@@ -267,3 +267,76 @@ def test_pmap_and_sharded_jit_give_the_plain_gradients():
     dx, dk = jax.jit(jax.grad(ours, argnums=(0, 1)))(xs, k, gs)
     _close(dx, want[0].reshape(dx.shape))
     _close(dk, jax.grad(plain, argnums=1)(xs, k, gs))
+
+
+def _conv_transpose_loop(x, k, s, p, d, op):
+    """Plain-loop reference in float64: every input pixel stamps the kernel (dilated by ``d``)
+    at ``s`` times its position, then ``p`` is cut from each side (PyTorch's definition)."""
+    x, k = np.asarray(x, np.float64), np.asarray(k, np.float64)
+    n, h, w, _ = x.shape
+    kh, kw, _, o = k.shape
+    full = np.zeros((n, (h - 1) * s[0] + d[0] * (kh - 1) + 1 + op[0],
+                     (w - 1) * s[1] + d[1] * (kw - 1) + 1 + op[1], o))
+    for i in range(h):
+        for j in range(w):
+            for a in range(kh):
+                for b in range(kw):
+                    full[:, i * s[0] + a * d[0], j * s[1] + b * d[1]] += x[:, i, j] @ k[a, b]
+    return full[:, p[0]:full.shape[1] - p[0], p[1]:full.shape[2] - p[1]]
+
+
+@settings(max_examples=10, deadline=None)
+@given(h=st.integers(1, 5), w=st.integers(1, 5), c=st.integers(1, 3), o=st.integers(1, 3),
+       kh=st.integers(1, 5), kw=st.integers(1, 5), sh=st.integers(1, 4), sw=st.integers(1, 4),
+       d=st.integers(1, 2), data=st.data())
+def test_conv_transpose_by_phases_matches_a_loop_and_the_input_dilated_gradients(
+        h, w, c, o, kh, kw, sh, sw, d, data):
+    ph = data.draw(st.integers(0, d * (kh - 1)))
+    pw = data.draw(st.integers(0, d * (kw - 1)))
+    oph, opw = data.draw(st.integers(0, sh - 1)), data.draw(st.integers(0, sw - 1))
+    s, p, op = (sh, sw), (ph, pw), (oph, opw)
+    if min((h - 1) * sh - 2 * ph + d * (kh - 1) + 1 + oph,
+           (w - 1) * sw - 2 * pw + d * (kw - 1) + 1 + opw) < 1:
+        return   # no output (conv_transpose says so; its errors are tested in test_segmentation)
+    r = np.random.default_rng(h * 100 + kh * 10 + sh)
+    x = jnp.asarray(r.normal(size=(2, h, w, c)), jnp.float32)
+    k = jnp.asarray(r.normal(size=(kh, kw, c, o)), jnp.float32)
+    f = lambda x, k: C.conv_transpose(x, k, s, p, op, d)  # noqa: E731
+    y = jax.jit(f)(x, k)
+    _close(y, _conv_transpose_loop(x, k, s, p, (d, d), op))
+    g = jnp.asarray(r.normal(size=y.shape), jnp.float32)
+    grads = jax.jit(jax.grad(lambda x, k: jnp.sum(f(x, k) * g), (0, 1)))(x, k)
+    with C.as_lax():   # the VJP of the strided convolution, as lax computes it
+        ref = jax.jit(jax.grad(lambda x, k: jnp.sum(f(x, k) * g), (0, 1)))(x, k)
+    for a, b in zip(grads, ref):
+        _close(a, b)
+
+
+def test_conv_transpose_formulation_follows_the_setting(monkeypatch):
+    def lhs_dilated(setting):
+        monkeypatch.setenv("JAXVISION_CONV_GRAD", setting)
+        jaxpr = jax.make_jaxpr(lambda x, k: C.conv_transpose(x, k, 2, 1))(
+            jnp.zeros((1, 4, 4, 2)), jnp.zeros((4, 4, 2, 3)))
+        return any(e.params.get("lhs_dilation", (1, 1)) != (1, 1) for e in _equations(jaxpr.jaxpr))
+    assert C.choose_transpose("cpu") == "phases" and C.choose_transpose("gpu") == "xla"
+    assert not lhs_dilated("auto") and lhs_dilated("xla")
+
+
+def _equations(jaxpr):
+    for e in jaxpr.eqns:
+        yield e
+        for v in e.params.values():
+            inner = getattr(v, "jaxpr", v)
+            if hasattr(inner, "eqns"):
+                yield from _equations(inner)
+
+
+def test_conv_transpose_keeps_float64():
+    # Sums over kernel taps run in float32 only for narrower inputs; float64 keeps its precision.
+    with jax.enable_x64(True):
+        r = np.random.default_rng(0)
+        x, k = r.normal(size=(1, 3, 4, 2)), r.normal(size=(4, 4, 2, 3))
+        y = C.conv_transpose(jnp.asarray(x), jnp.asarray(k), 2, 1)
+        assert y.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(y), _conv_transpose_loop(x, k, (2, 2), (1, 1), (1, 1), (0, 0)),
+                                   rtol=1e-12, atol=1e-12)

@@ -319,8 +319,9 @@ def check_against_reference(loss, mining, distance, batch, m1, m2):
     np.testing.assert_array_equal(out.weights, ref.weights)
     np.testing.assert_array_equal(out.active, ref.active)
     np.testing.assert_array_equal(out.total, ref.total)
+    # float32 sums in another order: a few ulps apart (1.3e-6 relative seen on one draw)
     np.testing.assert_allclose(float(out.values.sum() / max(out.weights.sum(), 1.0)), mean,
-                               rtol=1e-6, atol=1e-7)
+                               rtol=1e-5, atol=1e-6)
     assert np.isfinite(grad).all()
     # a padding row is never an anchor, a positive or a negative: no gradient reaches it
     np.testing.assert_array_equal(grad[~batch.valid], 0.0)

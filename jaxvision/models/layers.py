@@ -318,6 +318,42 @@ class ConvTranspose(nn.Module):
         return y
 
 
+class FlaxConvTranspose(nn.Module):
+    """``flax.linen.ConvTranspose`` (its fields used here, its parameters ``kernel`` (*K, C_in,
+    features) and ``bias``, its values) computed by ``jaxvision.ops.conv.lax_conv_transpose``:
+    by output phases on CPU, for 1-3 spatial axes (GC-Net's 3-D cost-volume decoder). Inputs
+    (N, *spatial, C_in); returns (N, *spatial_out, features)."""
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Sequence[int] | None = None
+    padding: str | Sequence[tuple[int, int]] = "SAME"
+    kernel_dilation: Sequence[int] | None = None
+    use_bias: bool = True
+    transpose_kernel: bool = False
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+    kernel_init: Initializer = nn.linear.default_kernel_init
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        nd = len(self.kernel_size)
+        c = x.shape[-1]
+        shape = tuple(self.kernel_size) + ((self.features, c) if self.transpose_kernel
+                                           else (c, self.features))
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = conv_ops.lax_conv_transpose(x, kernel, tuple(self.strides or (1,) * nd), self.padding,
+                                        rhs_dilation=self.kernel_dilation,
+                                        transpose_kernel=self.transpose_kernel,
+                                        precision=self.precision)
+        return y if bias is None else y + bias
+
+
 TAP_COLLECTION = "taps"
 
 

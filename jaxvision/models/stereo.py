@@ -218,8 +218,8 @@ class GCNet(nn.Module):
         c1 = _Res3D(f, self.dtype, name="c1")(nn.relu(conv3(f, "c0")(vol)))
         c2 = _Res3D(2 * f, self.dtype, name="c2")(nn.relu(conv3(2 * f, "down1", 2)(c1)))
         c3 = _Res3D(2 * f, self.dtype, name="c3")(nn.relu(conv3(2 * f, "down2", 2)(c2)))
-        up = lambda feat, name: nn.ConvTranspose(feat, (3, 3, 3), strides=(2, 2, 2), padding="SAME",  # noqa: E731
-                                                 dtype=self.dtype, name=name)
+        up = lambda feat, name: layers.FlaxConvTranspose(  # noqa: E731
+            feat, (3, 3, 3), strides=(2, 2, 2), padding="SAME", dtype=self.dtype, name=name)
         u2 = nn.relu(up(2 * f, "up2")(c3)) + c2
         u1 = nn.relu(up(f, "up1")(u2)) + c1
         cost = up(1, "up0")(u1)[..., 0].astype(jnp.float32)             # (B, 2L, H*2/scale, ...)

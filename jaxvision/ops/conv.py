@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import math
 import os
 from typing import Any, Sequence
 
@@ -411,44 +412,107 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int | Sequence[int],
     return _conv_transpose_by_phases(x.astype(dtype), kernel.astype(dtype), s, p, d, out_hw)
 
 
-def _conv_transpose_by_phases(x: jax.Array, kernel: jax.Array, s: tuple[int, int],
-                              p: tuple[int, int], d: tuple[int, int],
-                              out_hw: tuple[int, ...]) -> jax.Array:
-    """``conv_transpose`` as one stride-1 convolution with ``s[0] * s[1]`` times the output
-    channels, then depth-to-space: (N, Ho, Wo, C_out).
+def _conv_transpose_by_phases(x: jax.Array, kernel: jax.Array, s: Sequence[int],
+                              p: Sequence[int], d: Sequence[int],
+                              out_size: Sequence[int]) -> jax.Array:
+    """``conv_transpose`` as one stride-1 convolution with ``prod(s)`` times the output
+    channels, then depth-to-space: (N, *out_size, C_out) for ``x`` (N, *spatial, C_in) and
+    ``kernel`` (*K, C_in, C_out), any number of spatial axes.
 
     Output row ``j`` of a transposed convolution is ``sum_m x[q - m] w[r + s m]`` with
     ``q, r = divmod(j + p, s)``: each phase ``r`` of the output is a plain convolution of ``x``
     with every ``s``-th kernel row from ``r`` (the sub-pixel decomposition). Written so, the
     forward and both gradients are ordinary convolutions; as the input-dilated convolution that
-    ``jax.vjp`` of a strided convolution gives, XLA:CPU took 80-500 ms for the backward pass of
-    U-Net's and DispNet's upsampling layers against 2-5 ms this way (``benchmarks/NOTES.md``).
+    ``jax.vjp`` of a strided convolution gives, XLA:CPU took 80-600 ms for the backward pass of
+    U-Net's and DispNet's upsampling layers against 3-26 ms this way
+    (``benchmarks/conv_transpose.py``). ``p`` may exceed what the kernel covers or
+    ``out_size`` be cut short: rows outside are zeros, rows past ``out_size`` dropped.
     """
-    n, h, w_, c = x.shape
-    o = kernel.shape[3]
+    nd = x.ndim - 2
+    if not 1 <= nd <= 3:
+        raise ValueError(f"conv_transpose: x {x.shape} has {nd} spatial axes; 1 to 3 are supported.")
+    n, c, o = x.shape[0], x.shape[-1], kernel.shape[-1]
     k = kernel
-    if d != (1, 1):   # the dilated kernel, its zeros written out
-        kh, kw = k.shape[:2]
-        k = jnp.zeros(((kh - 1) * d[0] + 1, (kw - 1) * d[1] + 1, c, o), k.dtype).at[::d[0], ::d[1]].set(k)
+    if any(di != 1 for di in d):   # the dilated kernel, its zeros written out
+        size = tuple((ki - 1) * di + 1 for ki, di in zip(k.shape[:nd], d))
+        k = jnp.zeros(size + (c, o), k.dtype).at[tuple(slice(None, None, di) for di in d)].set(k)
     # Zero rows up to a multiple of the stride give every phase m taps.
-    m = tuple(-(-k.shape[i] // s[i]) for i in range(2))
-    k = jnp.pad(k, ((0, m[0] * s[0] - k.shape[0]), (0, m[1] * s[1] - k.shape[1]), (0, 0), (0, 0)))
-    # (m, s, m, s, C, O) with kernel row m_i * s + r; flipped over m (a correlation, as lax
-    # convolves), phases moved to the output channels.
-    k = k.reshape(m[0], s[0], m[1], s[1], c, o)[::-1, :, ::-1]
-    k = k.transpose(0, 2, 4, 1, 3, 5).reshape(m[0], m[1], c, s[0] * s[1] * o)
-    # Phase outputs q0..q1 cover output rows p..p + Ho - 1; padding lo/hi makes the VALID
+    m = [-(-k.shape[i] // s[i]) for i in range(nd)]
+    k = jnp.pad(k, [(0, m[i] * s[i] - k.shape[i]) for i in range(nd)] + [(0, 0)] * 2)
+    # (m0, s0, m1, s1, ..., C, O) with kernel row m_i * s_i + r_i; flipped over each m (a
+    # correlation, as lax convolves), the phases moved next to the output channels.
+    k = k.reshape(tuple(v for i in range(nd) for v in (m[i], s[i])) + (c, o))
+    k = k[tuple(slice(None, None, -1) if a % 2 == 0 else slice(None) for a in range(2 * nd))]
+    k = k.transpose(tuple(range(0, 2 * nd, 2)) + (2 * nd,) + tuple(range(1, 2 * nd, 2)) + (2 * nd + 1,))
+    k = k.reshape(tuple(m) + (c, math.prod(s) * o))
+    # Phase outputs q0..q1 cover output rows p..p + size - 1; padding lo/hi makes the VALID
     # convolution start at q0 and give q1 - q0 + 1 of them (negative pads crop).
-    q0 = [p[i] // s[i] for i in range(2)]
-    q1 = [(p[i] + out_hw[i] - 1) // s[i] for i in range(2)]
-    lo = [m[i] - 1 - q0[i] for i in range(2)]
-    hi = [q1[i] - q0[i] + m[i] - (h, w_)[i] - lo[i] for i in range(2)]
-    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo[0], hi[0], 0), (lo[1], hi[1], 0), (0, 0, 0)))
-    y = conv_general_dilated(xp, k, (1, 1), "VALID", dimension_numbers=_NHWC)
-    qh, qw = y.shape[1:3]
-    y = y.reshape(n, qh, qw, s[0], s[1], o).transpose(0, 1, 3, 2, 4, 5).reshape(n, qh * s[0], qw * s[1], o)
-    top, left = p[0] - q0[0] * s[0], p[1] - q0[1] * s[1]
-    return y[:, top:top + out_hw[0], left:left + out_hw[1]]
+    q0 = [p[i] // s[i] for i in range(nd)]
+    q1 = [(p[i] + out_size[i] - 1) // s[i] for i in range(nd)]
+    lo = [m[i] - 1 - q0[i] for i in range(nd)]
+    hi = [q1[i] - q0[i] + m[i] - x.shape[1 + i] - lo[i] for i in range(nd)]
+    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo[i], hi[i], 0) for i in range(nd)]
+                 + [(0, 0, 0)])
+    spatial = "DHW"[-nd:]
+    dims = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+    y = conv_general_dilated(xp, k, (1,) * nd, "VALID", dimension_numbers=dims)
+    q = y.shape[1:1 + nd]
+    y = y.reshape((n,) + q + tuple(s) + (o,))
+    y = y.transpose((0,) + tuple(a for i in range(nd) for a in (1 + i, 1 + nd + i)) + (1 + 2 * nd,))
+    y = y.reshape((n,) + tuple(q[i] * s[i] for i in range(nd)) + (o,))
+    start = [p[i] - q0[i] * s[i] for i in range(nd)]
+    return y[(slice(None),) + tuple(slice(start[i], start[i] + out_size[i]) for i in range(nd))]
+
+
+def _lax_transpose_pads(k: int, s: int, padding: str) -> tuple[int, int]:
+    """The (low, high) padding of the dilated input that ``lax.conv_transpose`` uses for
+    'SAME' / 'VALID' (the forward convolution's padding, read for its transpose)."""
+    if padding.upper() == "SAME":
+        pad_len = k + s - 2
+        low = k - 1 if s > k - 1 else -(-pad_len // 2)
+    elif padding.upper() == "VALID":
+        pad_len, low = k + s - 2 + max(k - s, 0), k - 1
+    else:
+        raise ValueError(f"conv_transpose padding {padding!r}: 'SAME', 'VALID' or (low, high) pairs.")
+    return low, pad_len - low
+
+
+def lax_conv_transpose(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int],
+                       padding: str | Sequence[tuple[int, int]],
+                       rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
+                       transpose_kernel: bool = False, precision: Any = None,
+                       preferred_element_type: Any = None) -> jax.Array:
+    """``lax.conv_transpose`` (its signature and values; what ``flax.linen.ConvTranspose``
+    computes), by output phases on CPU (``choose_transpose``) for channel-last layouts
+    (``dimension_numbers`` None), 1-3 spatial axes; otherwise ``lax.conv_transpose`` itself.
+
+    ``lax.conv_transpose`` without ``transpose_kernel`` convolves the input dilated by
+    ``strides`` with ``rhs`` (*K, C_in, C_out): PyTorch's transposed convolution of the
+    spatially flipped kernel, cut by ``K_eff - 1 - pad_low`` (``K_eff = d (K - 1) + 1``)."""
+    nd = lhs.ndim - 2
+    if (dimension_numbers is not None or preferred_element_type is not None or not 1 <= nd <= 3
+            or _AS_LAX.get() or choose_transpose() == "xla"):
+        return lax.conv_transpose(lhs, rhs, strides, padding, rhs_dilation=rhs_dilation,
+                                  dimension_numbers=dimension_numbers,
+                                  transpose_kernel=transpose_kernel, precision=precision,
+                                  preferred_element_type=preferred_element_type)
+    d = tuple(rhs_dilation or (1,) * nd)
+    k = rhs
+    if transpose_kernel:   # lax flips it and swaps its channel axes; flipped again below
+        k = jnp.swapaxes(jnp.flip(k, tuple(range(nd))), nd, nd + 1)
+    k_eff = [(k.shape[i] - 1) * d[i] + 1 for i in range(nd)]
+    if isinstance(padding, str):
+        pads = [_lax_transpose_pads(k_eff[i], strides[i], padding) for i in range(nd)]
+    else:
+        pads = [tuple(int(v) for v in pair) for pair in padding]
+    out_size = [(lhs.shape[1 + i] - 1) * strides[i] + 1 + sum(pads[i]) - k_eff[i] + 1
+                for i in range(nd)]
+    if min(out_size) < 1:
+        raise ValueError(f"lax_conv_transpose: the output would be {out_size}; lower the padding.")
+    dtype = jnp.result_type(lhs, rhs)
+    return _conv_transpose_by_phases(
+        lhs.astype(dtype), jnp.flip(k, tuple(range(nd))).astype(dtype), tuple(strides),
+        [k_eff[i] - 1 - pads[i][0] for i in range(nd)], d, out_size)
 
 
 def bilinear_kernel(factor: int, channels: int, dtype: Any = jnp.float32) -> jax.Array:

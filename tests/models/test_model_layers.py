@@ -156,3 +156,17 @@ def test_bad_inputs_name_the_expected_layout():
         layers.check_image_batch(jnp.zeros((1, 8, 8, 3), jnp.uint8), "SmallCNN")
     with pytest.raises(ValueError, match="width multiplier"):
         layers.scaled(64, 0.0)
+
+
+@pytest.mark.parametrize("kernel, strides, padding, shape", [
+    ((3, 3, 3), (2, 2, 2), "SAME", (2, 3, 4, 5, 3)),     # GC-Net's decoder
+    ((4, 4), (2, 2), "VALID", (2, 5, 3, 3)), ((3,), (3,), ((2, 1),), (2, 4, 3))])
+def test_flax_conv_transpose_has_flax_parameters_and_values(kernel, strides, padding, shape):
+    x = jax.random.normal(jax.random.key(1), shape)
+    ours = layers.FlaxConvTranspose(4, kernel, strides=strides, padding=padding)
+    theirs = nn.ConvTranspose(4, kernel, strides=strides, padding=padding,
+                              precision=jax.lax.Precision.HIGHEST)
+    v_ours, v_theirs = ours.init(KEY, x), theirs.init(KEY, x)
+    jax.tree.map(np.testing.assert_array_equal, v_ours, v_theirs)   # checkpoints carry over
+    v = jax.tree.map(lambda a: a + 0.1, v_theirs)                    # a nonzero bias too
+    np.testing.assert_allclose(ours.apply(v, x), theirs.apply(v, x), rtol=1e-5, atol=1e-5)

@@ -340,3 +340,27 @@ def test_conv_transpose_keeps_float64():
         assert y.dtype == jnp.float64
         np.testing.assert_allclose(np.asarray(y), _conv_transpose_loop(x, k, (2, 2), (1, 1), (1, 1), (0, 0)),
                                    rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("nd, k, s, padding, dilation, transpose_kernel", [
+    (2, 3, 2, "SAME", 1, False), (2, 4, 2, "VALID", 1, True), (2, 2, 3, ((1, 0), (2, 3)), 1, False),
+    (2, 3, 1, "SAME", 2, False), (3, 3, 2, "SAME", 1, False), (3, 2, 2, "VALID", 1, True),
+    (1, 5, 3, "SAME", 1, False)])
+def test_lax_conv_transpose_equals_lax_values_and_gradients(nd, k, s, padding, dilation,
+                                                            transpose_kernel):
+    r = np.random.default_rng(nd * 100 + k * 10 + s)
+    x = jnp.asarray(r.normal(size=(2,) + (3, 4, 5)[:nd] + (3,)), jnp.float32)
+    # With transpose_kernel the kernel is that of the forward convolution: (*K, C_out, C_in).
+    w = jnp.asarray(r.normal(size=(k,) * nd + ((2, 3) if transpose_kernel else (3, 2))), jnp.float32)
+    args = ((s,) * nd, padding)
+    kw = dict(rhs_dilation=(dilation,) * nd, transpose_kernel=transpose_kernel)
+    y = C.lax_conv_transpose(x, w, *args, **kw)
+    ref = lax.conv_transpose(x, w, *args, precision="highest", **kw)
+    assert y.shape == ref.shape
+    _close(y, ref)
+    g = jnp.asarray(r.normal(size=y.shape), jnp.float32)
+    grads = jax.grad(lambda x, w: jnp.sum(C.lax_conv_transpose(x, w, *args, **kw) * g), (0, 1))(x, w)
+    refs = jax.grad(lambda x, w: jnp.sum(lax.conv_transpose(x, w, *args, precision="highest", **kw) * g),
+                    (0, 1))(x, w)
+    for a, b in zip(grads, refs):
+        _close(a, b)

@@ -98,7 +98,7 @@ def layers(repeats: int) -> None:
                 ms["bx"].append(_timed(fns["xla"][1], (x, k), repeats))
                 ms["bp"].append(_timed(fns["phases"][1], (x, k), repeats))
             m = {key: statistics.median(v) for key, v in ms.items()}
-            name = f"{spec.split(':')[1]} {xs} {ks[:2]} s{s} p{p}"
+            name = f"{Path(spec).stem}:{spec.split(':')[1]} {xs} {ks[:2]} s{s} p{p}"
             print(f"{name:58s} {m['fx']:8.2f} {m['fp']:8.2f} {m['bx']:9.2f} {m['bp']:8.2f} "
                   f"{m['bx'] / m['bp']:8.1f}x", flush=True)
 

@@ -40,8 +40,11 @@ def create(variables: dict, optimizer: Any, rng: jax.Array, ema: bool) -> TrainS
     as a classical baseline, gets an empty ``params``)."""
     params = variables.get("params", {})
     model_state = {k: v for k, v in variables.items() if k != "params"}
+    # One compiled program: run eagerly, optax's init dispatches (and compiles) one small
+    # program per parameter shape (zeros_like, dtype casts), ~1-2 s per fresh process.
+    opt_state, ema_params = jax.jit(
+        lambda p: (optimizer.init(p), jax.tree.map(jnp.copy, p) if ema else None))(params)
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-        opt_state=optimizer.init(params), rng=jax.random.key_data(rng),
-        ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+        opt_state=opt_state, rng=jax.random.key_data(rng), ema_params=ema_params,
         bad_step=jnp.full((), -1, jnp.int32))

@@ -354,13 +354,15 @@ def test_lax_conv_transpose_equals_lax_values_and_gradients(nd, k, s, padding, d
     w = jnp.asarray(r.normal(size=(k,) * nd + ((2, 3) if transpose_kernel else (3, 2))), jnp.float32)
     args = ((s,) * nd, padding)
     kw = dict(rhs_dilation=(dilation,) * nd, transpose_kernel=transpose_kernel)
-    y = C.lax_conv_transpose(x, w, *args, **kw)
-    ref = lax.conv_transpose(x, w, *args, precision="highest", **kw)
+
+    def both(x, w):   # values and gradients of a fixed projection, one compiled program each
+        ours = lambda x, w: C.lax_conv_transpose(x, w, *args, **kw)  # noqa: E731
+        ref = lambda x, w: lax.conv_transpose(x, w, *args, precision="highest", **kw)  # noqa: E731
+        g = jnp.cos(jnp.arange(ours(x, w).size, dtype=jnp.float32)).reshape(ours(x, w).shape)
+        return [(f(x, w), *jax.grad(lambda x, w: jnp.sum(f(x, w) * g), (0, 1))(x, w))
+                for f in (ours, ref)]
+
+    (y, dx, dw), (ref, rdx, rdw) = jax.jit(both)(x, w)
     assert y.shape == ref.shape
-    _close(y, ref)
-    g = jnp.asarray(r.normal(size=y.shape), jnp.float32)
-    grads = jax.grad(lambda x, w: jnp.sum(C.lax_conv_transpose(x, w, *args, **kw) * g), (0, 1))(x, w)
-    refs = jax.grad(lambda x, w: jnp.sum(lax.conv_transpose(x, w, *args, precision="highest", **kw) * g),
-                    (0, 1))(x, w)
-    for a, b in zip(grads, refs):
+    for a, b in ((y, ref), (dx, rdx), (dw, rdw)):
         _close(a, b)

@@ -33,7 +33,7 @@ derivatives go through the same functions (the custom VJP's backward is itself d
 
 ``conv_transpose`` (FCN, U-Net, DispNet, Mask R-CNN upsampling) is written as a stride-1
 convolution over the output's phases: as the input-dilated convolution that ``jax.vjp`` gives,
-its backward pass took 20-100x as long on XLA:CPU.
+its forward and backward pass took 3-12x as long on XLA:CPU (``benchmarks/conv_transpose.py``).
 
 ``conv_general_dilated`` has ``lax.conv_general_dilated``'s signature, so it drops into
 ``flax.linen.Conv(conv_general_dilated=...)``: parameters and checkpoints are unchanged.
@@ -139,8 +139,8 @@ def _forward_im2col(x, w, strides, pads, dilation, out_hw, precision):
 
 def _kernel_grad_im2col(x, dy, k_hw, strides, pads, dilation, blocks):
     """(KH, KW, C, O) in float32 or wider: ``dy`` against the input's columns, one
-    (KH*KW*C, n*Ho*Wo) @ (n*Ho*Wo, O) matmul per block of n = N / blocks examples, summed over the blocks (a scan,
-    so only one block's columns exist at a time)."""
+    (KH*KW*C, n*Ho*Wo) @ (n*Ho*Wo, O) matmul per block of n = N / blocks examples, summed over
+    the blocks (a scan, so only one block's columns exist at a time)."""
     n, ho, wo, o = dy.shape
     c = x.shape[3]
     acc_dtype = _acc_dtype(x, dy)
@@ -222,7 +222,7 @@ def choose_forward(x_shape: Sequence[int], w_shape: Sequence[int],
 
 def choose_transpose(backend: str | None = None) -> str:
     """How ``conv_transpose`` is computed: 'phases' (one stride-1 convolution over the output's
-    phases, 20-100x faster backward on XLA:CPU) on CPU; 'xla' (the input-dilated convolution
+    phases, 3-12x faster forward+backward on XLA:CPU) on CPU; 'xla' (the input-dilated convolution
     of ``jax.vjp``, what ``lax.conv_transpose`` does) under ``JAXVISION_CONV_GRAD=xla`` and off
     CPU, where it was not measured."""
     if _setting() == "xla" or (backend or jax.default_backend()) != "cpu":
@@ -373,9 +373,10 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, stride: int | Sequence[int],
     ``stride``, padding ``padding`` and dilation ``dilation`` by ``kernel`` read as (KH, KW,
     C_out, C_in) (mapping C_out channels to C_in), ``conv(z) = U z`` and this returns ``U^T x``,
     computed as one stride-1 convolution per output phase (``_conv_transpose_by_phases``), so
-    its forward and gradients go through this module's convolution; within ``as_lax()``, as
-    the VJP of the strided convolution (an input-dilated one). ``x`` (N, H, W, C_in), ``kernel`` (KH, KW, C_in, C_out);
-    returns (N, Ho, Wo, C_out) with ``Ho = (H - 1) * s - 2 p + d (KH - 1) + 1 + output_padding``
+    its forward and gradients go through this module's convolution (on CPU; elsewhere, under
+    ``JAXVISION_CONV_GRAD=xla`` and within ``as_lax()``, as the VJP of the strided convolution,
+    an input-dilated one). ``x`` (N, H, W, C_in), ``kernel`` (KH, KW, C_in, C_out); returns
+    (N, Ho, Wo, C_out) with ``Ho = (H - 1) * s - 2 p + d (KH - 1) + 1 + output_padding``
     (``output_padding`` < ``stride`` picks among the sizes that the convolution maps to H).
     """
     def pair(v: Any, name: str) -> tuple[int, int]:
@@ -423,8 +424,8 @@ def _conv_transpose_by_phases(x: jax.Array, kernel: jax.Array, s: Sequence[int],
     ``q, r = divmod(j + p, s)``: each phase ``r`` of the output is a plain convolution of ``x``
     with every ``s``-th kernel row from ``r`` (the sub-pixel decomposition). Written so, the
     forward and both gradients are ordinary convolutions; as the input-dilated convolution that
-    ``jax.vjp`` of a strided convolution gives, XLA:CPU took 80-600 ms for the backward pass of
-    U-Net's and DispNet's upsampling layers against 3-26 ms this way
+    ``jax.vjp`` of a strided convolution gives, XLA:CPU took 30-140 ms for the forward and
+    backward pass of U-Net's and DispNet's upsampling layers against 3.5-13 ms this way
     (``benchmarks/conv_transpose.py``). ``p`` may exceed what the kernel covers or
     ``out_size`` be cut short: rows outside are zeros, rows past ``out_size`` dropped.
     """

@@ -347,6 +347,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         if min(out_hw) < 1:
             plain = True     # lax's own error
     if not plain:
+        # Padding beyond the kernel's reach, written out first: XLA:CPU's input gradient of
+        # such a convolution returned uninitialized memory on a 1-row input (tests/ops/test_conv).
+        reach = [(rhs.shape[i] - 1) * dilation[i] for i in range(2)]
+        excess = [(max(lo - r, 0), max(hi - r, 0)) for (lo, hi), r in zip(pads, reach)]
+        if any(e for pair in excess for e in pair):
+            lhs = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                          ((0, 0, 0), (*excess[0], 0), (*excess[1], 0), (0, 0, 0)))
+            pads = tuple((lo - e0, hi - e1) for (lo, hi), (e0, e1) in zip(pads, excess))
+            padding = pads
         if _is_dense(lhs.shape, rhs.shape, pads, dilation, out_hw):
             return _dense(lhs, rhs, precision)
         formulation = formulation or choose(lhs.shape, rhs.shape, strides, out_hw)

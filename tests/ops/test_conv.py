@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from jax import lax
 
 from jaxvision.ops import conv as C
@@ -153,6 +153,8 @@ def test_choose_is_a_fixed_rule_of_the_shape(monkeypatch):
        sw=st.integers(1, 2), dh=st.integers(1, 2),
        padding=st.sampled_from(["SAME", "VALID", ((2, 0), (1, 1))]),
        dtype=st.sampled_from([jnp.float32, jnp.bfloat16]), seed=st.integers(0, 10_000))
+@example(n=1, h=1, w=2, c=2, o=2, kh=2, kw=2, sh=1, sw=1, dh=1, padding=((2, 0), (1, 1)),
+         dtype=jnp.float32, seed=0)   # padding beyond the kernel on a 1-row input
 def test_forward_rewrites_match_a_plain_loop_and_lax_gradients(forward, n, h, w, c, o, kh, kw, sh,
                                                                sw, dh, padding, dtype, seed):
     pads = C._pads(padding, (h, w), (kh, kw), (sh, sw), (dh, 1))
@@ -180,7 +182,12 @@ def test_forward_rewrites_match_a_plain_loop_and_lax_gradients(forward, n, h, w,
     if dtype == jnp.float32:
         g = jnp.asarray(r.standard_normal(want.shape), jnp.float32)
         ours = _loss(C.conv_general_dilated, *args, (dh, 1), forward=forward)
-        plain = _loss(lax.conv_general_dilated, *args, (dh, 1))
+
+        def plain(x, w, g):
+            # Padded first, then VALID: XLA:CPU's input gradient of a convolution padded beyond
+            # its kernel returned uninitialized memory on a 1-row input (h=1, kh=2, pad (2, 0)).
+            xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+            return _loss(lax.conv_general_dilated, (sh, sw), "VALID", (dh, 1))(xp, w, g)
         for arg in (0, 1):
             _close(jax.grad(ours, argnums=arg)(x, k, g), jax.grad(plain, argnums=arg)(x, k, g))
 
@@ -366,3 +373,21 @@ def test_lax_conv_transpose_equals_lax_values_and_gradients(nd, k, s, padding, d
     assert y.shape == ref.shape
     for a, b in ((y, ref), (dx, rdx), (dw, rdw)):
         _close(a, b)
+
+
+@pytest.mark.parametrize("formulation", ["xla", "im2col"])
+def test_padding_beyond_the_kernel_has_the_explicitly_padded_gradients(formulation):
+    # XLA:CPU's own input gradient returns garbage here (a 1-row input padded 2 rows above by a
+    # 2-row kernel); the module writes such padding out first.
+    r = np.random.default_rng(0)
+    x = jnp.asarray(r.standard_normal((1, 1, 2, 2)), jnp.float32)
+    k = jnp.asarray(r.standard_normal((2, 2, 2, 2)), jnp.float32)
+    g = jnp.asarray(r.standard_normal((1, 2, 3, 2)), jnp.float32)
+    pads = ((2, 0), (1, 1))
+    ours = _loss(lambda *a, **kw: C.conv_general_dilated(*a, formulation=formulation,
+                                                         forward="xla", **kw), (1, 1), pads, (1, 1))
+    ref = lambda x, w, g: _loss(lax.conv_general_dilated, (1, 1), "VALID", (1, 1))(  # noqa: E731
+        jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))), w, g)
+    for _ in range(3):   # the garbage was not the same twice
+        for arg in (0, 1):
+            _close(jax.grad(ours, argnums=arg)(x, k, g), jax.grad(ref, argnums=arg)(x, k, g))

@@ -23,6 +23,7 @@ the Grad-CAM map at the layer's resolution) into ``out`` (default ``W/explain``)
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -68,6 +69,20 @@ def grad_cam(model: Any, variables: dict, inputs: jax.Array, target: jax.Array, 
     """(N, h, w) Grad-CAM maps (not normalized) of class ``target`` (N,) at the tapped feature
     ``layer`` (N, h, w, C) of ``model`` (a zoo model: ``return_features`` and ``layers.tap``);
     ``inputs``: the model's prepared input batch."""
+    feats = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, return_features=True)[1],
+                           variables, inputs)
+    if layer not in feats or feats[layer].ndim != 4:
+        maps = [k for k, v in feats.items() if v.ndim == 4]
+        raise ValueError(f"--layer {layer!r} is not a feature map the model taps; its maps: "
+                         f"{', '.join(maps) or 'none'}.")
+    return np.asarray(_grad_cam(model, layer, variables, inputs, jnp.asarray(target)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _grad_cam(model: Any, layer: str, variables: dict, inputs: jax.Array, target: jax.Array
+              ) -> jax.Array:
+    # Compiled once per model, layer and shape (`explain` calls it per image): run eagerly,
+    # each primitive of the forward and backward pass dispatched and compiled on its own.
     def forward(taps):
         logits, feats = model.apply({**variables, TAP_COLLECTION: taps}, inputs, train=False,
                                     return_features=True)
@@ -75,15 +90,11 @@ def grad_cam(model: Any, variables: dict, inputs: jax.Array, target: jax.Array, 
 
     (_, feats), taps = model.apply(variables, inputs, train=False, return_features=True,
                                    mutable=[TAP_COLLECTION])
-    if layer not in feats or feats[layer].ndim != 4:
-        maps = [k for k, v in feats.items() if v.ndim == 4]
-        raise ValueError(f"--layer {layer!r} is not a feature map the model taps; its maps: "
-                         f"{', '.join(maps) or 'none'}.")
     grads = jax.grad(lambda t: forward(t)[0])(taps[TAP_COLLECTION])
     g = grads[f"{layer}_tap"].astype(jnp.float32)
     a = feats[layer].astype(jnp.float32)
     alpha = jnp.mean(g, axis=(1, 2))                               # (N, C)
-    return np.asarray(jax.nn.relu(jnp.einsum("nhwc,nc->nhw", a, alpha)))
+    return jax.nn.relu(jnp.einsum("nhwc,nc->nhw", a, alpha))
 
 
 def last_feature_map(model: Any, variables: dict, inputs: jax.Array) -> str:

@@ -13,6 +13,7 @@ rounds), and their ratio. With ``--steps``, the whole train step of each experim
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -67,14 +68,22 @@ def _timed(fn, args, repeats: int) -> float:
     return 1000 * (time.perf_counter() - t) / repeats
 
 
+@contextlib.contextmanager
+def _formulation(formulation: str):
+    """Within this block ``conv_transpose`` is computed by ``formulation`` ('xla' / 'phases')."""
+    saved = C.choose_transpose
+    C.choose_transpose = lambda backend=None: formulation
+    try:
+        yield
+    finally:
+        C.choose_transpose = saved
+
+
 def _with(formulation: str, fn):
+    """``fn`` traced with ``formulation`` (jit traces on the first call)."""
     def run(*args):
-        saved = C.choose_transpose
-        C.choose_transpose = lambda backend=None: formulation
-        try:
+        with _formulation(formulation):
             return fn(*args)
-        finally:
-            C.choose_transpose = saved
     return run
 
 
@@ -112,12 +121,8 @@ def steps(specs: list[str]) -> None:
         runs = {"xla": [], "phases": []}
         for _ in range(2):
             for form in runs:
-                saved = C.choose_transpose
-                C.choose_transpose = lambda backend=None, form=form: form
-                try:
+                with _formulation(form):
                     runs[form].append(bench(get_config(spec, []), steps=5))
-                finally:
-                    C.choose_transpose = saved
         ms = {f: statistics.median(r["step_ms"] for r in v) for f, v in runs.items()}
         comp = {f: statistics.median(r["compile_s"] for r in v) for f, v in runs.items()}
         print(f"{spec:45s} {ms['xla']:8.1f} {ms['phases']:10.1f} {ms['xla'] / ms['phases']:7.2f}x "

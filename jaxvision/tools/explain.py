@@ -69,12 +69,6 @@ def grad_cam(model: Any, variables: dict, inputs: jax.Array, target: jax.Array, 
     """(N, h, w) Grad-CAM maps (not normalized) of class ``target`` (N,) at the tapped feature
     ``layer`` (N, h, w, C) of ``model`` (a zoo model: ``return_features`` and ``layers.tap``);
     ``inputs``: the model's prepared input batch."""
-    feats = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, return_features=True)[1],
-                           variables, inputs)
-    if layer not in feats or feats[layer].ndim != 4:
-        maps = [k for k, v in feats.items() if v.ndim == 4]
-        raise ValueError(f"--layer {layer!r} is not a feature map the model taps; its maps: "
-                         f"{', '.join(maps) or 'none'}.")
     return np.asarray(_grad_cam(model, layer, variables, inputs, jnp.asarray(target)))
 
 
@@ -90,6 +84,10 @@ def _grad_cam(model: Any, layer: str, variables: dict, inputs: jax.Array, target
 
     (_, feats), taps = model.apply(variables, inputs, train=False, return_features=True,
                                    mutable=[TAP_COLLECTION])
+    if layer not in feats or feats[layer].ndim != 4:   # shapes are static: raised while tracing
+        maps = [k for k, v in feats.items() if v.ndim == 4]
+        raise ValueError(f"--layer {layer!r} is not a feature map the model taps; its maps: "
+                         f"{', '.join(maps) or 'none'}.")
     grads = jax.grad(lambda t: forward(t)[0])(taps[TAP_COLLECTION])
     g = grads[f"{layer}_tap"].astype(jnp.float32)
     a = feats[layer].astype(jnp.float32)

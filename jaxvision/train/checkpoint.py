@@ -567,15 +567,12 @@ class _OrphanedReadFilter(logging.Filter):
     def __init__(self):
         super().__init__()
         self._paths: set[str] = set()
-        self._installed = False
 
     def mute(self, step_dir: Any) -> None:
         # With a separator, so that muting step 8 leaves step 80's records alone.
         self._paths.update(os.path.join(p, "") for p in
                            (os.fspath(step_dir), os.path.abspath(os.fspath(step_dir))))
-        if not self._installed:
-            logging.getLogger("asyncio").addFilter(self)
-            self._installed = True
+        logging.getLogger("asyncio").addFilter(self)   # once: addFilter skips a present one
 
     def filter(self, record: logging.LogRecord) -> bool:
         if "never retrieved" not in str(record.msg):

@@ -17,7 +17,7 @@ import numpy as np
 from jaxvision import losses, metrics, models
 from jaxvision.config import base_config
 from jaxvision.data.source import SourceInfo
-from jaxvision.experiment import Setup, apply_model
+from jaxvision.experiment import Setup, apply_model, plots
 from jaxvision.experiment import default_prepare as prepare
 
 
@@ -112,15 +112,17 @@ def draw(config: Any, example: dict, outputs: dict, info: SourceInfo) -> np.ndar
 
 
 def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
-    """Saves ``confusion_matrix.png`` (rows normalized) and per-class precision/recall/F1."""
+    """Saves ``confusion_matrix.png`` (rows normalized; unless ``train.plots`` is off) and
+    per-class precision/recall/F1 (``per_class.json``)."""
     from jaxvision import viz
     cm = results.get("confusion_matrix")
     if cm is None:
         return
     # A head wider than the data's classes (model.num_classes, e.g. after transfer) gets numbers.
     names = [*info.class_names[:cm.shape[0]], *map(str, range(len(info.class_names), cm.shape[0]))]
-    viz.plot_confusion_matrix(np.asarray(cm), str(Path(workdir) / "confusion_matrix.png"),
-                              class_names=names)
+    if plots(config):
+        viz.plot_confusion_matrix(np.asarray(cm), str(Path(workdir) / "confusion_matrix.png"),
+                                  class_names=names)
     prf = metrics.precision_recall_f1(cm)
     rows = [{"class": n, **{k: float(v[i]) for k, v in prf.items()}} for i, n in enumerate(names)]
     (Path(workdir) / "per_class.json").write_text(json.dumps(rows, indent=2))

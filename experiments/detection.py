@@ -26,7 +26,7 @@ from jaxvision import losses, metrics, models, replica
 from jaxvision.config import base_config
 from jaxvision.data.source import SourceInfo
 from jaxvision.evaluators import eval_config
-from jaxvision.experiment import apply_model, model_kwargs, output_classes
+from jaxvision.experiment import apply_model, model_kwargs, output_classes, plots
 from jaxvision.experiment import default_prepare as prepare
 from jaxvision.models import detection as det
 from jaxvision.models import rcnn
@@ -165,17 +165,18 @@ def draw(config: Any, example: dict, outputs: dict, info: SourceInfo) -> np.ndar
 def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
     """Saves ``pr_curves.png`` (precision / recall per class at IoU 0.5), ``per_class_ap.json``
     and ``detections.png`` (predictions over the first ``model.report_pictures`` eval images,
-    ground truth dashed white; 0 = none)."""
+    ground truth dashed white; 0 = none). ``train.plots`` off: only the JSON."""
     from jaxvision import viz
     workdir = Path(workdir)
     names = [_name(info, k) for k in range(len(np.asarray(results.get("AP_per_class", []))))]
-    if results.get("pr_curve50") is not None and (np.asarray(results["pr_curve50"]) > -1).any():
+    draw = plots(config)
+    if draw and results.get("pr_curve50") is not None and (np.asarray(results["pr_curve50"]) > -1).any():
         viz.plot_pr_curves(np.asarray(results["pr_curve50"]), str(workdir / "pr_curves.png"),
                            class_names=names)
     if results.get("AP_per_class") is not None:
         rows = [{"class": n, "AP": float(a)} for n, a in zip(names, np.asarray(results["AP_per_class"]))]
         (workdir / "per_class_ap.json").write_text(json.dumps(rows, indent=2))
-    if int(config.model.get("report_pictures", 8)) > 0:
+    if draw and int(config.model.get("report_pictures", 8)) > 0:
         _picture(config, workdir, info, int(config.model.get("report_pictures", 8)))
 
 

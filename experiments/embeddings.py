@@ -38,6 +38,7 @@ from jaxvision.config import base_config
 from jaxvision.data.source import SourceInfo
 from jaxvision.evaluators import eval_config
 from jaxvision.experiment import default_prepare as prepare
+from jaxvision.experiment import plots
 from jaxvision.models.embedding import EmbeddingNet
 
 PAIR_LOSSES = ("triplet", "contrastive")
@@ -151,8 +152,11 @@ def describe(config: Any, outputs: dict, info: SourceInfo) -> dict:
 def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
     """Saves ``embedding_map.png`` (PCA, and t-SNE where scikit-learn is present, coloured by
     identity), ``neighbours.png`` (queries and their 8 nearest neighbours, right ones marked)
-    and ``roc.png`` (when verification ran) for the final checkpoint on the eval split."""
+    and ``roc.png`` (when verification ran) for the final checkpoint on the eval split; nothing
+    when ``train.plots`` is off."""
     from jaxvision import viz
+    if not plots(config):
+        return
     if "roc_fpr" in results and np.size(results["roc_fpr"]):
         viz.plot_roc(np.asarray(results["roc_fpr"]), np.asarray(results["roc_tpr"]),
                      str(Path(workdir) / "roc.png"),

@@ -25,7 +25,7 @@ from jaxvision import losses, metrics, models
 from jaxvision.config import base_config
 from jaxvision.data.source import SourceInfo
 from jaxvision.evaluators import eval_config
-from jaxvision.experiment import apply_model, model_kwargs, output_classes
+from jaxvision.experiment import apply_model, model_kwargs, output_classes, plots
 from jaxvision.experiment import default_prepare as prepare
 from jaxvision.models import segmentation as seg
 
@@ -128,7 +128,8 @@ def draw(config: Any, example: dict, outputs: dict, info: SourceInfo) -> np.ndar
 
 def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
     """Saves ``per_class_iou.png`` / ``.json`` and ``segmentations.png`` (image, ground truth,
-    prediction for the first ``model.report_pictures`` eval images)."""
+    prediction for the first ``model.report_pictures`` eval images). ``train.plots`` off: only
+    the JSON."""
     from jaxvision import viz
     workdir = Path(workdir)
     if results.get("iou") is not None:
@@ -136,10 +137,11 @@ def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
         names = _names(info, len(iou))
         (workdir / "per_class_iou.json").write_text(json.dumps(
             [{"class": n, "iou": None if np.isnan(v) else float(v)} for n, v in zip(names, iou)], indent=2))
-        viz.plot_bars(names, [0.0 if np.isnan(v) else float(v) for v in iou],
-                      str(workdir / "per_class_iou.png"), title=f"IoU per class (mIoU {results.get('mIoU', float('nan')):.3f})")
+        if plots(config):
+            viz.plot_bars(names, [0.0 if np.isnan(v) else float(v) for v in iou],
+                          str(workdir / "per_class_iou.png"), title=f"IoU per class (mIoU {results.get('mIoU', float('nan')):.3f})")
     count = int(config.model.get("report_pictures", 6))
-    if count > 0:
+    if count > 0 and plots(config):
         _pictures(config, workdir, count)
 
 

@@ -32,7 +32,7 @@ from jaxvision import losses
 from jaxvision.config import base_config
 from jaxvision.data.source import SourceInfo
 from jaxvision.evaluators import eval_config
-from jaxvision.experiment import apply_model, model_kwargs
+from jaxvision.experiment import apply_model, model_kwargs, plots
 from jaxvision.models.stereo import STEREO_MODELS
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # the real data sets
@@ -198,14 +198,15 @@ def draw(config: Any, example: dict, outputs: dict, info: SourceInfo) -> np.ndar
 
 def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
     """Saves ``disparities.png`` (per eval pair: left image, predicted and true disparity on
-    one colour scale, absolute error) and ``per_image.json`` (EPE and bad-2 per eval image)."""
+    one colour scale, absolute error; unless ``train.plots`` is off) and ``per_image.json`` (EPE
+    and bad-2 per eval image)."""
     workdir = Path(workdir)
     if results.get("EPE_per_image") is not None:
         rows = [{"image": i, "EPE": float(e), "bad2": float(b)} for i, (e, b) in
                 enumerate(zip(np.asarray(results["EPE_per_image"]), np.asarray(results["bad2_per_image"])))]
         (workdir / "per_image.json").write_text(json.dumps(rows, indent=2))
     count = int(config.model.get("report_pictures", 4))
-    if count > 0:
+    if count > 0 and plots(config):
         _pictures(config, workdir, count)
 
 

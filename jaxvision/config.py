@@ -53,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
             early_stopping_patience=0,   # evaluations without improvement; 0 = off
             mixed_precision=False,   # bfloat16 compute, float32 params and optimizer state
             async_checkpoint=True,
+            # End-of-run figures: curves.png and the experiment report's pictures. Off, only
+            # their numbers (JSON) are written: each figure costs ~0.3-1 s of matplotlib, more
+            # than a short sweep trial or test run trains.
+            plots=True,
         )),
         # Named evaluators (jaxvision/evaluators.py): name -> ConfigDict(type=..., split=...,
         # batch_size=..., every=..., ...). Empty: one 'metrics' evaluator over data.eval_split
@@ -160,7 +164,7 @@ def normalize_spec(spec: str) -> str:
 # Keys added to base_config after runs were already saved without them: a saved config that
 # lacks one is read as holding its default (its behaviour then), so old workdirs keep resuming.
 _ADDED_KEYS = ("evals", "data.bad_examples", "data.max_pixels", "data.train_classes",
-               "data.eval_classes")
+               "data.eval_classes", "train.plots")
 
 
 def migrate(saved: dict, current: dict) -> dict:

@@ -76,6 +76,12 @@ def apply_model(model: Any, variables: dict, inputs: Any, *, train: bool, key: j
     return out if mutable else (out, {})
 
 
+def plots(config: Any) -> bool:
+    """Whether a run draws its end-of-run figures (``train.plots``, default True); a report
+    writes its JSON either way."""
+    return bool(config.train.get("plots", True))
+
+
 def output_classes(config: Any, data_classes: int | None, what: str) -> int:
     """The model's class count: ``config.model.num_classes`` when set (> 0), else the data's
     ``data_classes`` (falling back to ``config.data.num_classes``). ``what`` names the target in

@@ -43,8 +43,9 @@ def _shrink(config, *, size: int = 32, num: int = 8, steps: int = 6):
     """An experiment config cut down for a test run in place (and returned): ``num`` procedural
     ``size``-px train and eval scenes without augmentation (the same images every step, so the
     loss must fall), batches of ``num``, ``steps`` steps logged each, one eval at the end, no
-    warm-up, synchronous checkpoints, and without the ``eval`` loss evaluator (each evaluator
-    costs a compilation)."""
+    warm-up, synchronous checkpoints, no end-of-run figures (``train.plots``; a test that checks
+    one turns them on) and without the ``eval`` loss evaluator (each evaluator costs a
+    compilation)."""
     p = config.data.procedural
     p.image_size, p.num_train, p.num_eval = size, num, num
     config.data.input_shape = (size, size, 3)
@@ -53,6 +54,7 @@ def _shrink(config, *, size: int = 32, num: int = 8, steps: int = 6):
     config.train.steps, config.train.log_every = steps, 1
     config.train.eval_every = config.train.checkpoint_every = 0
     config.train.async_checkpoint = False
+    config.train.plots = False
     config.optim.warmup_steps = 0
     if "eval" in config.evals:
         del config.evals["eval"]

@@ -37,6 +37,7 @@ def _tiny(shrink, name: str):
     if name == "centernet_synthetic":
         config.evals.voc = eval_config("voc")
         config.evals.eval = eval_config("metrics")
+        config.train.plots = True
     else:
         config.model.report_pictures = 0
     if name == "maskrcnn_synthetic":  # masks only: box AP is the other models' test

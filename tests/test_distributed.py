@@ -198,7 +198,7 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(
         tmp_path, reference, cache_dir):
     workdir = tmp_path / "two"
     r = _launch(_env(cache_dir), "--config", f"{TINY}:tiny", "--workdir", str(workdir),
-                "--no-progress", "--config.train.steps=6")
+                "--no-progress", "--config.train.steps=6", "--config.train.plots=True")
     assert r.returncode == 0, r.stderr[-4000:]
     assert "[p1] {" in r.stdout and "[launch] all 2 processes finished" in r.stderr
     # Only process 0 announces the run and writes logs, plots and reports.

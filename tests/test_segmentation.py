@@ -120,6 +120,7 @@ def _tiny(shrink, name: str):
         m.backbone.width, m.width, m.rates = 0.125, 8, (1, 2)
         m.backbone.stage_sizes = (1, 1, 1, 1)  # one block per stage: a quarter of the compile
     m.report_pictures = 4 if name.startswith("unet") else 0
+    config.train.plots = name.startswith("unet")
     return config
 
 

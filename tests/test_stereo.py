@@ -35,6 +35,7 @@ def test_each_model_trains_and_is_scored(name, tmp_path, shrink):
     config = _tiny(shrink, name)
     if name == "dispnet_synthetic":
         config.model.report_pictures = 2                  # one model draws the report pictures
+        config.train.plots = True
     results = loop.train(config, tmp_path, experiment=load_experiment(SPEC), progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r["loss"] for r in rows if r.get("split") == "train"]
@@ -78,6 +79,7 @@ def test_self_supervised_training_lowers_its_loss_without_ground_truth(tmp_path,
     # As selfsup_middlebury: the model sees the pair halved, the scores and pictures are drawn
     # at the ground truth's size.
     config.data.eval_pp, config.model.report_pictures = "resize_inputs(0.5)", 2
+    config.train.plots = True
     results = loop.train(config, tmp_path, experiment=load_experiment(SPEC), progress=False)
     assert (tmp_path / "disparities.png").stat().st_size > 1000
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

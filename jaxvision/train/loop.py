@@ -314,18 +314,23 @@ class _Preemption:
             signal.signal(sig, previous)
 
 
+# Keys a resumed run may change without --force: they do not change what is trained.
+_FREE_TRAIN_KEYS = ("steps", "plots")
+
+
 def _check_resume_config(config: Any, meta: dict | None, force: bool) -> None:
     if not meta or "config" not in meta:
         return
     new = config_lib.to_dict(config)
     old = config_lib.migrate(dict(meta["config"]), new)
-    old.get("train", {}).pop("steps", None)
-    new.get("train", {}).pop("steps", None)
+    for key in _FREE_TRAIN_KEYS:
+        old.get("train", {}).pop(key, None)
+        new.get("train", {}).pop(key, None)
     lines = config_lib.diff(old, new)
     if lines and not force:
         raise ConfigError("the workdir holds a run with a different config:\n  " + "\n  ".join(lines)
                             + "\nUse another --workdir, undo the change, or pass --force to resume "
-                            "anyway (only train.steps may change freely).")
+                            "anyway (only train.steps and train.plots may change freely).")
 
 
 def _restore(run: Run, ckpt: Checkpointer, which: str | int | None = None):
@@ -555,10 +560,12 @@ def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int
 
 
 def finish(run: Run, workdir: Path, results: dict) -> None:
-    """End-of-training outputs on process 0: curves PNG and the experiment's own report."""
+    """End-of-training outputs on process 0: curves PNG (unless ``train.plots`` is off) and the
+    experiment's own report."""
     from jaxvision import viz
+    from jaxvision.experiment import plots
     records = read_metrics(workdir)
-    if records:
+    if records and plots(run.config):
         viz.plot_curves(records, str(workdir / "curves.png"), title=str(workdir.name))
     if run.exp.report is not None:
         run.exp.report(run.config, workdir, results, run.info)

@@ -1,5 +1,6 @@
 """The training core end to end on a tiny experiment: resume, strategies, eval, guards."""
 
+import json
 import os
 import signal
 import subprocess
@@ -41,9 +42,9 @@ def assert_trees_equal(a, b, rtol=0.0, atol=0.0):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, exp):
-    """One uninterrupted 12-step run; several tests compare against it."""
+    """One uninterrupted 12-step run, with its figures; several tests compare against it."""
     workdir = tmp_path_factory.mktemp("ref")
-    results = loop.train(tiny(), workdir, experiment=exp, progress=False)
+    results = loop.train(tiny("train.plots=True"), workdir, experiment=exp, progress=False)
     return workdir, results, final_params(workdir, tiny(), exp)
 
 
@@ -121,6 +122,15 @@ def test_resume_with_a_changed_config_refuses_without_force(tmp_path, exp):
     loop.train(tiny("train.steps=8", "optim.lr=0.1"), tmp_path, experiment=exp, progress=False,
                force=True)
     assert Checkpointer(tmp_path / "checkpoints", async_save=False).latest_step() == 8
+
+
+def test_plots_off_writes_numbers_only_and_may_change_on_resume(tmp_path, exp):
+    loop.train(tiny("train.steps=4", "train.plots=False"), tmp_path, experiment=exp, progress=False)
+    assert not list(tmp_path.glob("*.png"))
+    assert json.loads((tmp_path / "per_class.json").read_text())[0]["support"] > 0
+    # It does not change what is trained: a resume may turn it on without --force.
+    loop.train(tiny("train.steps=6", "train.plots=True"), tmp_path, experiment=exp, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["confusion_matrix.png", "curves.png"]
 
 
 def _cli(*args, env_extra=None, **kw):

@@ -57,6 +57,7 @@ def tiny() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 4
     config.train.log_every = 2
     config.train.async_checkpoint = False
+    config.train.plots = False   # the figures cost more than these runs train
     return config
 
 

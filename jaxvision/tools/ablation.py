@@ -184,12 +184,15 @@ def train_or_skip(config: Any, workdir: str | Path, exp: Experiment, *, force: b
 
     An unfinished run resumes from its checkpoints (the core's resume); a finished run with a
     different config goes to ``train``, which continues it (more ``train.steps``) or refuses the
-    change unless ``force``. Wall and CPU seconds are those of the invocation that finished it.
+    change unless ``force``. Wall and CPU seconds are those of the invocation that finished it:
+    when ``train`` only found the run finished (same metrics, e.g. after a new config key with
+    its default changed the hash), the recorded ones are kept.
     """
     from jaxvision.train.loop import TrainingError, train
     workdir = Path(workdir)
     digest = config_lib.config_hash(config)
     result_file = workdir / RESULT_FILE
+    saved = None
     if result_file.is_file():
         saved = json.loads(result_file.read_text())
         if saved.get("config_hash") == digest:
@@ -201,6 +204,8 @@ def train_or_skip(config: Any, workdir: str | Path, exp: Experiment, *, force: b
                             f"{results.get('step')}; run the same command again to resume.")
     record = RunRecord(str(workdir), {k: float(v) for k, v in results.items() if np.ndim(v) == 0},
                        time.perf_counter() - wall0, time.process_time() - cpu0)
+    if saved is not None and saved.get("metrics") == record.metrics:
+        record = RunRecord(record.workdir, record.metrics, saved["wall_s"], saved["cpu_s"])
     if jax.process_index() == 0:
         result_file.write_text(json.dumps({"config_hash": digest, "metrics": record.metrics,
                                            "wall_s": record.wall_s, "cpu_s": record.cpu_s}, indent=2))

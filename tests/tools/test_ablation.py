@@ -13,6 +13,7 @@ import pytest
 from jaxvision.tools import ablation
 from jaxvision.__main__ import main
 from jaxvision.config import ConfigError, get_config
+from jaxvision.experiment import load_experiment
 
 SPEC = str(Path(__file__).resolve().parent / "tiny_ablation_experiment.py")
 
@@ -88,6 +89,21 @@ def test_second_invocation_does_not_retrain(sweep, monkeypatch, capsys):
     again = last_json(capsys.readouterr().out)
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("result.json")} == before
     assert again["variants"] == last_json(first)["variants"]
+
+
+def test_a_changed_hash_on_a_finished_run_keeps_its_recorded_cost(sweep):
+    workdir, _ = sweep
+    run = workdir / "full" / "seed0"
+    saved = json.loads((run / "result.json").read_text())
+    # As after an upgrade that adds a config key: the hash differs, the run is already done.
+    (run / "result.json").write_text(json.dumps({**saved, "config_hash": "old"}))
+    variants, _, _ = ablation.parse_variants(ablation.load_config(f"{SPEC}:sweep"))
+    config = variants[0].config
+    config.seed = 0
+    record = ablation.train_or_skip(config, run, load_experiment(SPEC))
+    again = json.loads((run / "result.json").read_text())
+    assert again == {**saved, "config_hash": again["config_hash"]} and again["config_hash"] != "old"
+    assert (record.wall_s, record.cpu_s) == (saved["wall_s"], saved["cpu_s"])
 
 
 def test_bad_variant_key_fails_before_training(tmp_path, capsys):

@@ -55,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
             async_checkpoint=True,
             # End-of-run figures: curves.png and the experiment report's pictures. Off, only
             # their numbers (JSON) are written: each figure costs ~0.3-1 s of matplotlib, more
-            # than a short sweep trial or test run trains.
+            # than a test's short run trains.
             plots=True,
         )),
         # Named evaluators (jaxvision/evaluators.py): name -> ConfigDict(type=..., split=...,

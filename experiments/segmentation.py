@@ -132,16 +132,17 @@ def report(config: Any, workdir: Path, results: dict, info: SourceInfo) -> None:
     the JSON."""
     from jaxvision import viz
     workdir = Path(workdir)
+    draw = plots(config)
     if results.get("iou") is not None:
         iou = np.asarray(results["iou"], np.float64)
         names = _names(info, len(iou))
         (workdir / "per_class_iou.json").write_text(json.dumps(
             [{"class": n, "iou": None if np.isnan(v) else float(v)} for n, v in zip(names, iou)], indent=2))
-        if plots(config):
+        if draw:
             viz.plot_bars(names, [0.0 if np.isnan(v) else float(v) for v in iou],
                           str(workdir / "per_class_iou.png"), title=f"IoU per class (mIoU {results.get('mIoU', float('nan')):.3f})")
     count = int(config.model.get("report_pictures", 6))
-    if count > 0 and plots(config):
+    if count > 0 and draw:
         _pictures(config, workdir, count)
 
 

@@ -330,7 +330,8 @@ def _check_resume_config(config: Any, meta: dict | None, force: bool) -> None:
     if lines and not force:
         raise ConfigError("the workdir holds a run with a different config:\n  " + "\n  ".join(lines)
                             + "\nUse another --workdir, undo the change, or pass --force to resume "
-                            "anyway (only train.steps and train.plots may change freely).")
+                            "anyway (only " + " and ".join(f"train.{k}" for k in _FREE_TRAIN_KEYS)
+                            + " may change freely).")
 
 
 def _restore(run: Run, ckpt: Checkpointer, which: str | int | None = None):

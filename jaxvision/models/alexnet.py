@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.models import layers
+from jaxvision.ops import pool as pool_ops
 
 Array = jax.Array
 
@@ -117,7 +118,7 @@ class AlexNet(nn.Module):
             if pool_after:
                 if h.shape[1] < 3 or h.shape[2] < 3:
                     raise ValueError(self._too_small(x, f"the 3x3/2 max pool after {name}", h))
-                h = nn.max_pool(h, (3, 3), strides=(2, 2), padding="VALID")
+                h = pool_ops.max_pool(h, (3, 3), strides=(2, 2), padding="VALID")
         if h.shape[1:3] != (self.grid, self.grid):
             h = layers.adaptive_avg_pool(h, (self.grid, self.grid))
         h = h.reshape(h.shape[0], -1)

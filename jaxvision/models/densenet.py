@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.models import layers
+from jaxvision.ops import pool as pool_ops
 
 Array = jax.Array
 
@@ -87,7 +88,7 @@ class DenseNet(nn.Module):
         if self.stem == "imagenet":
             h = layers.conv(stem_width, 7, "conv0", dtype, self.param_dtype, self.kernel_init, stride=2, padding=3, use_bias=bias)(h)
             h = act(make_norm("norm0")(h))
-            h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            h = pool_ops.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
             # Pre-activation layers follow, so the CIFAR stem is a bare conv (as in the paper).
             h = layers.conv(stem_width, 3, "conv0", dtype, self.param_dtype, self.kernel_init, padding=1, use_bias=bias)(h)
@@ -104,7 +105,7 @@ class DenseNet(nn.Module):
                 out_ch = int(h.shape[-1] * self.compression)
                 h = act(make_norm(f"transition{b}_norm")(h))
                 h = layers.conv(out_ch, 1, f"transition{b}_conv", dtype, self.param_dtype, self.kernel_init, use_bias=bias)(h)
-                h = nn.avg_pool(h, (2, 2), strides=(2, 2))
+                h = pool_ops.avg_pool(h, (2, 2), strides=(2, 2))
         h = act(make_norm("norm_final")(h))
         h = jnp.mean(h, axis=(1, 2))
         h = features["pool"] = layers.tap(self, "pool", h)

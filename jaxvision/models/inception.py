@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.models import layers
+from jaxvision.ops import pool as pool_ops
 
 Array = jax.Array
 
@@ -82,7 +83,7 @@ class InceptionBlock(nn.Module):
         b1 = cna(self.c1, 1, "branch1x1")(x, train)
         b3 = cna(self.c3, 3, "branch3x3")(cna(self.c3_reduce, 1, "branch3x3_reduce")(x, train), train)
         b5 = cna(self.c5, 5, "branch5x5")(cna(self.c5_reduce, 1, "branch5x5_reduce")(x, train), train)
-        pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding="SAME")
+        pooled = pool_ops.max_pool(x, (3, 3), strides=(1, 1), padding="SAME")
         b4 = cna(self.pool_proj, 1, "pool_proj")(pooled, train)
         return jnp.concatenate([b1, b3, b5, b4], axis=-1)
 
@@ -131,7 +132,7 @@ class GoogLeNet(nn.Module):
             )
 
         def pool(h: Array) -> Array:
-            return nn.max_pool(h, (3, 3), strides=(2, 2), padding="SAME")
+            return pool_ops.max_pool(h, (3, 3), strides=(2, 2), padding="SAME")
 
         h = x.astype(dtype)
         if self.stem == "imagenet":

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.models import layers
+from jaxvision.ops import pool as pool_ops
 
 Array = jax.Array
 
@@ -52,7 +53,7 @@ class LeNet5(nn.Module):
                 "set pad_to_32=True to zero-pad smaller images (e.g. MNIST 28x28)"
             )
         act = layers.activation(self.activation)
-        pool = nn.max_pool if self.pool == "max" else nn.avg_pool
+        pool = pool_ops.max_pool if self.pool == "max" else pool_ops.avg_pool
 
         def conv(features: int, name: str) -> nn.Conv:
             return layers.conv(features, 5, name, dtype, self.param_dtype, self.kernel_init, padding="VALID")

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.models import layers
+from jaxvision.ops import pool as pool_ops
 
 Array = jax.Array
 
@@ -140,7 +141,7 @@ class ResNet(nn.Module):
         if self.stem == "imagenet":
             h = layers.conv(stem_width, 7, "conv1", dtype, self.param_dtype, self.kernel_init, stride=2, padding=3, use_bias=bias)(h)
             h = act(make_norm("norm1")(h))
-            h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            h = pool_ops.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
             h = layers.conv(stem_width, 3, "conv1", dtype, self.param_dtype, self.kernel_init, padding=1, use_bias=bias)(h)
             h = act(make_norm("norm1")(h))

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxvision.models import layers
+from jaxvision.ops import pool as pool_ops
 from jaxvision.models.detection import backbone_features
 
 Array = jax.Array
@@ -119,7 +120,7 @@ class UNet(nn.Module):
         h, skips = x.astype(dtype), []
         for i, w in enumerate(self.widths):
             if i:
-                h = nn.max_pool(h, (2, 2), strides=(2, 2), padding="SAME")
+                h = pool_ops.max_pool(h, (2, 2), strides=(2, 2), padding="SAME")
             h = double(h, w, f"down{i}")
             skips.append(h)
         for i in range(len(self.widths) - 2, -1, -1):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.models import layers
+from jaxvision.ops import pool as pool_ops
 
 Array = jax.Array
 
@@ -47,7 +48,7 @@ class SmallCNN(nn.Module):
         dtype = layers.resolve_dtype(self.dtype)
         act = layers.activation(self.activation)
         make_norm = layers.norm(self.norm, train, dtype, param_dtype=self.param_dtype)
-        pool = nn.max_pool if self.pool == "max" else nn.avg_pool
+        pool = pool_ops.max_pool if self.pool == "max" else pool_ops.avg_pool
         h = x.astype(dtype)
         features: dict[str, Array] = {}
         for s, w in enumerate(self.widths, start=1):

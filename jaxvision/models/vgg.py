@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision.models import layers
+from jaxvision.ops import pool as pool_ops
 
 Array = jax.Array
 
@@ -63,7 +64,7 @@ class VGG(nn.Module):
                 h = layers.conv(layers.scaled(w, self.width), 3, name, dtype, self.param_dtype, self.kernel_init)(h)
                 h = act(make_norm(f"norm{s}_{i}")(h))
                 h = features[name] = layers.tap(self, name, h)
-            h = nn.max_pool(h, (2, 2), strides=(2, 2))
+            h = pool_ops.max_pool(h, (2, 2), strides=(2, 2))
             h = features[f"pool{s}"] = layers.tap(self, f"pool{s}", h)
         if h.shape[1:3] != (self.grid, self.grid):
             h = layers.adaptive_avg_pool(h, (self.grid, self.grid))

@@ -23,7 +23,8 @@ are ordered differently). Which one runs is decided per convolution from its sta
 the backend (``choose``, ``choose_forward``), never by timing at run time, so every process of a
 job and every resume computes the same numbers. ``JAXVISION_CONV_GRAD`` sets the policy:
 unset or 'auto' (the default) applies the measured rules on CPU and XLA's formulations on other
-backends; 'xla' is ``lax.conv_general_dilated`` everywhere (what a plain Flax model gets);
+backends; 'xla' is ``lax.conv_general_dilated`` everywhere, and ``pool``'s pools are
+``flax.linen``'s (what a plain Flax model gets);
 'im2col' forces the kernel-gradient rewrite. Convolutions the rewrites do not cover (feature
 groups, input dilation, batch groups, layouts other than NHWC/HWIO, ``preferred_element_type``,
 3-D, symbolic shapes as in ``jax.export``) are ``lax.conv_general_dilated``'s.
@@ -191,6 +192,13 @@ def _setting() -> str:
         raise ValueError(f"JAXVISION_CONV_GRAD={setting!r} must be one of {SETTINGS} (unset = "
                          "'auto').")
     return setting
+
+
+def xla_only(backend: str | None = None) -> bool:
+    """True where XLA's own formulations run everywhere (convolutions and ``pool``'s pooling):
+    under ``JAXVISION_CONV_GRAD=xla``, within ``as_lax()`` and off CPU."""
+    return (_AS_LAX.get() or _setting() == "xla"
+            or (backend or jax.default_backend()) != "cpu")
 
 
 def choose(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int],

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from flax import linen as nn
 from hypothesis import given, settings, strategies as st
-from jax import lax
 
 from jaxvision.ops import conv as conv_ops
 from jaxvision.ops import pool as P

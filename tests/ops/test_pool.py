@@ -13,6 +13,12 @@ from jaxvision.ops import conv as conv_ops
 from jaxvision.ops import pool as P
 
 
+@pytest.fixture(autouse=True)
+def _rewrite_every_size(monkeypatch):
+    # The rewrite is for large pools; these tests check it on small ones.
+    monkeypatch.setattr(P, "_MIN_ELEMENTS", 0)
+
+
 def _loop(x, g, window, strides, pads, kind, count_include_pad=True):
     """Plain-loop reference in float64 for a 2-D NHWC pool: (y, dx) where dx is the gradient of
     sum(y * g). A max pool's gradient goes to the first maximum in row-major window order."""
@@ -147,6 +153,9 @@ def test_the_rewrite_runs_on_cpu_and_xla_setting_turns_it_off(monkeypatch):
         return "select_and_scatter" in str(jaxpr)
 
     assert not has_select_and_scatter()
+    monkeypatch.setattr(P, "_MIN_ELEMENTS", x.size + 1)   # too small to repay its compile time
+    assert has_select_and_scatter()
+    monkeypatch.setattr(P, "_MIN_ELEMENTS", 0)
     with conv_ops.as_lax():
         assert has_select_and_scatter()
     monkeypatch.setenv("JAXVISION_CONV_GRAD", "xla")
@@ -158,3 +167,28 @@ def test_bad_padding_names_the_choices():
         P.max_pool(jnp.ones((1, 4, 4, 1)), (2, 2), (2, 2), "FULL")
     with pytest.raises(ValueError, match="one \\(low, high\\) pair per window axis"):
         P.avg_pool(jnp.ones((1, 4, 4, 1)), (2, 2), (2, 2), ((1, 1),))
+
+
+def test_a_zoo_model_pools_through_the_rewrite_with_flax_gradients(monkeypatch):
+    from jaxvision import models
+    model = models.build_model("vgg11", num_classes=10, width=0.0625, fc_width=16, grid=1,
+                               norm="batch")
+    x = jnp.asarray(np.maximum(np.random.default_rng(5).standard_normal((2, 32, 32, 3)), 0),
+                    jnp.float32)
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+
+    def grads():
+        def loss(params):
+            return jnp.sum(jnp.sin(model.apply({**variables, "params": params}, x, train=False)))
+        return jax.jit(jax.grad(loss))(variables["params"])
+
+    calls = []
+    phases = P._scatter_by_phases
+    monkeypatch.setattr(P, "_scatter_by_phases", lambda *a: calls.append(1) or phases(*a))
+    got = grads()
+    assert len(calls) == 5, "VGG-11 has five max pools"
+    monkeypatch.setenv("JAXVISION_CONV_GRAD", "xla")
+    want = grads()
+    assert len(calls) == 5
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))

@@ -19,12 +19,14 @@ The rewrite runs on CPU for inputs of at least ``_MIN_ELEMENTS`` values: it comp
 ops (about 0.05-0.1 s more per pool at the tests' ``-O0``), which a small pool's gain (under a
 millisecond a call) would take hundreds of steps to repay. Off CPU, under
 ``JAXVISION_CONV_GRAD=xla`` (what a plain Flax model gets) and within ``conv.as_lax()``, these
-functions are ``flax.linen``'s; so are inputs without a batch axis and non-float inputs.
+functions are ``flax.linen``'s; so are inputs without a batch axis, non-float inputs and
+symbolic shapes (``jax.export``).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any, Sequence
 
 import jax
@@ -55,8 +57,11 @@ def _pads(padding: Padding, spatial: Sequence[int], window: Sequence[int],
 
 
 def _rewrite(inputs: jax.Array, window: Sequence[int]) -> bool:
-    return (not conv_ops.xla_only() and inputs.ndim == len(window) + 2
-            and jnp.issubdtype(inputs.dtype, jnp.floating) and inputs.size >= _MIN_ELEMENTS)
+    # Symbolic shapes (``jax.export``'s batch 'b') stay flax's: their size has no fixed order.
+    concrete = all(isinstance(d, int) for d in inputs.shape)
+    return (concrete and not conv_ops.xla_only() and inputs.ndim == len(window) + 2
+            and jnp.issubdtype(inputs.dtype, jnp.floating)
+            and math.prod(inputs.shape) >= _MIN_ELEMENTS)
 
 
 def _strided_views(xp: jax.Array, window, strides, out_sp) -> list[tuple[tuple[int, ...], jax.Array]]:
@@ -154,7 +159,7 @@ def avg_pool(inputs: jax.Array, window_shape: Sequence[int], strides: Sequence[i
 
     def pool_bwd(_, g):
         if count_include_pad or all(p == (0, 0) for p in pads):
-            share = g / jnp.asarray(_size(window), g.dtype)
+            share = g / jnp.asarray(math.prod(window), g.dtype)
         else:
             ones = jnp.ones((1, *in_sp, 1), g.dtype)
             counts = lax.reduce_window(ones, jnp.zeros((), g.dtype), lax.add, (1, *window, 1),
@@ -166,13 +171,6 @@ def avg_pool(inputs: jax.Array, window_shape: Sequence[int], strides: Sequence[i
 
     pool.defvjp(pool_fwd, pool_bwd)
     return pool(inputs)
-
-
-def _size(window: Sequence[int]) -> int:
-    out = 1
-    for w in window:
-        out *= w
-    return out
 
 
 __all__: list[Any] = ["max_pool", "avg_pool"]

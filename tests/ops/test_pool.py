@@ -192,3 +192,12 @@ def test_a_zoo_model_pools_through_the_rewrite_with_flax_gradients(monkeypatch):
     assert len(calls) == 5
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_symbolic_batch_exports_with_flax_pools(monkeypatch):
+    monkeypatch.setattr(P, "_MIN_ELEMENTS", 1 << 17)   # the default: the size is compared
+    (b,) = jax.export.symbolic_shape("b")
+    spec = jax.ShapeDtypeStruct((b, 8, 8, 3), jnp.float32)
+    exported = jax.export.export(jax.jit(lambda x: P.max_pool(x, (2, 2), (2, 2))))(spec)
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(5, 8, 8, 3)), jnp.float32)
+    np.testing.assert_array_equal(exported.call(x), nn.max_pool(x, (2, 2), (2, 2)))

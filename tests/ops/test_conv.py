@@ -175,8 +175,10 @@ def test_forward_rewrites_match_a_plain_loop_and_lax_gradients(forward, n, h, w,
                 for b in range(kw):
                     want[:, i, j] += xp[:, i * sh + a * dh, j * sw + b] @ kf[a, b]
     args = ((sh, sw), padding)
-    got = C.conv_general_dilated(x, k, *args, rhs_dilation=(dh, 1), dimension_numbers=NHWC,
-                                 forward=forward, formulation="xla")
+    # Compiled, not eager: eagerly each of the rewrite's slices and products compiles alone.
+    got = jax.jit(lambda x, k: C.conv_general_dilated(
+        x, k, *args, rhs_dilation=(dh, 1), dimension_numbers=NHWC, forward=forward,
+        formulation="xla"))(x, k)
     assert got.dtype == dtype
     _close(got.astype(jnp.float32), want, rtol=1e-5 if dtype == jnp.float32 else 2e-2)
     if dtype == jnp.float32:
@@ -188,8 +190,10 @@ def test_forward_rewrites_match_a_plain_loop_and_lax_gradients(forward, n, h, w,
             # its kernel returned uninitialized memory on a 1-row input (h=1, kh=2, pad (2, 0)).
             xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
             return _loss(lax.conv_general_dilated, (sh, sw), "VALID", (dh, 1))(xp, w, g)
-        for arg in (0, 1):
-            _close(jax.grad(ours, argnums=arg)(x, k, g), jax.grad(plain, argnums=arg)(x, k, g))
+        got_grads = jax.jit(jax.grad(ours, argnums=(0, 1)))(x, k, g)
+        want_grads = jax.jit(jax.grad(plain, argnums=(0, 1)))(x, k, g)
+        for a, b in zip(got_grads, want_grads):
+            _close(a, b)
 
 
 @pytest.mark.parametrize("name, kwargs, shape", [

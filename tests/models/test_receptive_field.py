@@ -60,10 +60,12 @@ class _Stack(nn.Module):
 def _support(model, size: int) -> tuple[int, int, Sequence[float], Sequence[float]]:
     """The extent (rows, columns) of the nonzero d out[centre] / d x, and the closed form."""
     x = jnp.ones((1, size, size, 1)) + jax.random.uniform(jax.random.key(0), (1, size, size, 1))
-    variables = model.init(jax.random.key(1), x)
-    out = model.apply(variables, x)
+    # Compiled, not eager: each hypothesis example has new shapes, and eagerly every op of
+    # init, apply and grad compiles alone.
+    variables = jax.jit(model.init)(jax.random.key(1), x)
+    out = jax.eval_shape(model.apply, variables, x)
     i, j = out.shape[1] // 2, out.shape[2] // 2
-    g = np.asarray(jax.grad(lambda x: model.apply(variables, x)[0, i, j].sum())(x))[0, :, :, 0]
+    g = np.asarray(jax.jit(jax.grad(lambda x: model.apply(variables, x)[0, i, j].sum()))(x))[0, :, :, 0]
     rows, cols = np.nonzero(np.abs(g) > 0)
     (field,) = receptive_fields(lambda x, v: model.apply(v, x), jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
     return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1, field.size, field.jump

@@ -26,19 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from jaxvision.ops import pool as P  # noqa: E402
-from train_step import CASES, _config  # noqa: E402
+from train_step import CASES, _config, _model  # noqa: E402
 
 
 def _layers(case: str) -> list[tuple]:
     """(kind, input shape, window, strides, padding) of every pool in the case's model."""
-    from jaxvision.data.source import SourceInfo
-    from jaxvision.experiment import resolve_experiment
-    spec, config, shape, batch, classes = _config(case)
-    exp = resolve_experiment(config, spec)
-    seg = "mask" in tuple(config.data["keys"])
-    info = SourceInfo(name="synthetic", split="train", keys=("image", "mask" if seg else "label"),
-                      num_classes=classes)
-    model = exp.build_model(config, info)
+    _, _, shape, batch, _ = _config(case)
+    model = _model(case)[2]
     seen: list[tuple] = []
     originals = P.max_pool, P.avg_pool
 

@@ -108,14 +108,20 @@ def _plain_step(model, optimizer, target: str):
     return jax.jit(step, donate_argnums=(0, 1, 2))
 
 
-def _setup(case: str) -> dict:
-    """Four steps (``KINDS``), each compiled under its convolution setting, and their states."""
-    spec, config, shape, batch_size, classes = _config(case)
+def _model(case: str):
+    """(config, experiment, model, whether the target is a mask) of ``case``."""
+    spec, config, _, _, classes = _config(case)
     exp = resolve_experiment(config, spec)
     segmentation = "mask" in tuple(config.data["keys"])
     info = SourceInfo(name="synthetic", split="train",
                       keys=("image", "mask" if segmentation else "label"), num_classes=classes)
-    model = exp.build_model(config, info)
+    return config, exp, exp.build_model(config, info), segmentation
+
+
+def _setup(case: str) -> dict:
+    """Four steps (``KINDS``), each compiled under its convolution setting, and their states."""
+    _, _, shape, batch_size, classes = _config(case)
+    config, exp, model, segmentation = _model(case)
     optimizer = make_optimizer(config.optim, int(config.train.steps))
     batch = _batch(shape, batch_size, classes, segmentation)
     variables = jax.device_get(jax.jit(lambda b, k: exp.init_variables(config, model, b, k))(

@@ -48,8 +48,8 @@ def _pads(padding: Padding, spatial: Sequence[int], window: Sequence[int],
         if padding.upper() not in ("SAME", "VALID"):
             raise ValueError(f"pool padding must be 'SAME', 'VALID' or (low, high) pairs, got "
                              f"{padding!r}")
-        return tuple(lax.padtype_to_pads(spatial, window, strides, padding.upper()))
-    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+        padding = padding.upper()
+    pads = conv_ops._pads(padding, spatial, window, strides, (1,) * len(window))
     if len(pads) != len(window):
         raise ValueError(f"pool padding {padding!r} needs one (low, high) pair per window axis "
                          f"({len(window)})")

@@ -147,7 +147,10 @@ def test_choose_is_a_fixed_rule_of_the_shape(monkeypatch):
 
 
 @pytest.mark.parametrize("forward", ["elementwise", "im2col"])
-@settings(max_examples=8, deadline=None)
+# Derandomized: on some random draws (e.g. --hypothesis-seed=6) XLA:CPU aborts the process while
+# compiling jax.grad of the *reference* lax convolution (padded (2, 0) rows, stride 2-3), which
+# a test cannot catch; the fixed draws keep CI from crashing by chance.
+@settings(max_examples=8, deadline=None, derandomize=True)
 @given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 3),
        o=st.integers(1, 5), kh=st.integers(1, 5), kw=st.integers(1, 3), sh=st.integers(1, 3),
        sw=st.integers(1, 2), dh=st.integers(1, 2),

@@ -15,6 +15,11 @@ interleaved rounds so machine noise hits all alike (median ms per step over the 
   (metrics, masks, the non-finite guard, grad norm; same optimizer), XLA's gradients;
 * ``project+conv``: that step with the project's convolution (what ``auto`` ships).
 
+``import jaxvision`` turns XLA:CPU's YNNPACK fusions off (``jaxvision/cpu_flags.py``), so all
+four run without them. ``--plain-ynn`` also times ``plain`` in a subprocess with JAX's default
+(YNNPACK on, ``JAXVISION_CPU_YNN=1``), right after the rounds of the same model: what a plain Flax
+user gets, and ``project+conv``'s ratio to it.
+
 Prints images/s per step kind, the ratios to ``plain``, compile seconds and the process's
 peak resident memory. With ``torch`` importable (not a dependency; install it beside),
 ``--torch`` also times PyTorch eager on the same architectures
@@ -159,6 +164,32 @@ def _setup(case: str) -> dict:
     return out
 
 
+def _plain_ynn_ms(case: str, steps: int, rounds: int) -> float:
+    """``plain``'s ms per step of ``case`` in a subprocess with XLA:CPU's YNNPACK fusions on."""
+    from jaxvision import cpu_flags
+    env = dict(os.environ, **{cpu_flags.ENV: "1"})
+    env["XLA_FLAGS"] = " ".join(t for t in env.get("XLA_FLAGS", "").split()
+                                if not t.startswith(cpu_flags.OPTION))
+    out = subprocess.run([sys.executable, __file__, "--plain-only", "--models", case,
+                          "--steps", str(steps), "--rounds", str(rounds)],
+                         env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _time_plain_only(case: str, steps: int, rounds: int) -> None:
+    """Prints ``plain``'s median ms per step of ``case`` (the ``--plain-only`` mode)."""
+    global KINDS
+    KINDS = ("plain",)
+    s = _setup(case)
+    s["plain"]["run"]()
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            s["plain"]["run"]()
+        s["plain"]["ms"].append(1000 * (time.perf_counter() - t0) / steps)
+    print(statistics.median(s["plain"]["ms"]))
+
+
 def _torch_ms(case: str, steps: int, rounds: int, python: str | None) -> float | None:
     """PyTorch eager ms per step of ``case``'s twin: in this process when ``torch`` imports,
     else with the interpreter ``python`` (a venv that has torch), else None."""
@@ -185,7 +216,13 @@ def main() -> None:
     p.add_argument("--torch", action="store_true", help="also time PyTorch eager (needs torch)")
     p.add_argument("--torch-python", default=None,
                    help="a Python with torch, when this one has none (implies --torch)")
+    p.add_argument("--plain-ynn", action="store_true",
+                   help="also time plain with XLA:CPU's YNNPACK fusions on (JAX's default)")
+    p.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.plain_only:
+        _time_plain_only(a.models[0], a.steps, a.rounds)
+        return
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPUs; "
           f"median of {a.rounds} rounds of {a.steps} steps, kinds interleaved\n")
     head = "| model | batch | " + " | ".join(f"{k} img/s" for k in KINDS)
@@ -208,6 +245,9 @@ def main() -> None:
                + f" | {ips['plain+conv'] / ips['plain']:.2f}x | {ips['project'] / ips['plain']:.2f}x"
                f" | {ips['project+conv'] / ips['plain']:.2f}x | "
                + " / ".join(f"{s[k]['compile_s']:.1f}" for k in KINDS) + f" | {rss:.1f} |")
+        if a.plain_ynn:
+            ynn = s["batch_size"] / (_plain_ynn_ms(case, a.steps, a.rounds) / 1000)
+            row += f" plain (YNNPACK on) {ynn:,.0f} img/s, project+conv / it {ips['project+conv'] / ynn:.2f}x |"
         if a.torch or a.torch_python:
             ms = _torch_ms(case, a.steps, a.rounds, a.torch_python)
             row += (f" torch eager {s['batch_size'] / (ms / 1000):,.0f} img/s, project+conv / "

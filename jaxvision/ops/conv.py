@@ -1,10 +1,12 @@
 """A convolution that is fast on CPU: ``conv_general_dilated`` with per-shape formulations.
 
-On XLA:CPU the backward-filter convolution that ``jax.grad`` emits for a convolution's kernel
-runs at a few GFLOP/s, well below the forward pass, and it dominates the train step of a conv
-net; the forward convolution itself is slow when the input has only a few channels (a first
-layer). This module computes both another way where that was measured to be faster
-(``benchmarks/conv_grad.py``, ``benchmarks/NOTES.md``):
+With XLA:CPU's YNNPACK fusions on (jaxlib 0.10's default), the backward-filter convolution
+that ``jax.grad`` emits for a convolution's kernel runs at a few GFLOP/s, well below the forward
+pass, and it dominates the train step of a conv net. ``import jaxvision`` turns those fusions off
+(``jaxvision/cpu_flags.py``); XLA's own kernel gradient is then the fastest, and the rewrite below
+applies only where YNNPACK is kept on. In both settings the forward convolution is slow when the
+input has only a few channels (a first layer). This module computes both another way where
+that was measured to be faster (``benchmarks/conv_grad.py``, ``benchmarks/NOTES.md``):
 
 * kernel gradient, ``'xla'``: the backward-filter convolution XLA emits (what ``jax.grad`` does);
   ``'im2col'``: the input's columns (the strided views of the padded input under every kernel
@@ -52,6 +54,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxvision import cpu_flags
 
 FORMULATIONS = ("xla", "im2col")          # of the kernel gradient
 FORWARDS = ("xla", "elementwise", "im2col")
@@ -156,7 +160,8 @@ def _kernel_grad_im2col(x, dy, k_hw, strides, pads, dilation, blocks):
     acc, _ = lax.scan(block, jnp.zeros((k_hw[0] * k_hw[1] * c, o), acc_dtype), (xs, dys))
     return acc.reshape(k_hw[0], k_hw[1], c, o)
 
-# The measured rules, from benchmarks/conv_grad.py on this project's 2-core CPU
+# The measured rules, from benchmarks/conv_grad.py on this project's 2-core CPU with XLA's
+# YNNPACK fusions on (JAXVISION_CPU_YNN=1; the kernel-gradient ones apply only then)
 # (benchmarks/NOTES.md, "Convolution weight gradient"): blocks of at most this many bytes of
 # columns stay in cache (6 MiB beat 1.5, 4, 8, 12 and 24 MiB on most shapes); a KxK kernel
 # (K > 1) with fewer output rows (N * Ho * Wo, the matmul's contraction) or fewer output channels
@@ -240,12 +245,14 @@ def choose_transpose(backend: str | None = None) -> str:
 
 def measured_rule(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int],
                   out_hw: Sequence[int] | None = None, backend: str | None = None) -> str:
-    """The faster formulation of the kernel gradient measured alone, per shape: on CPU, for a
-    convolution of at least ``_MIN_FLOPS``, 'im2col' for 1x1 kernels, and for larger ones with
-    at most ``_MAX_KERNEL_PIXELS`` taps (3x3), at least ``_MIN_ROWS`` output pixels in the batch
-    (N * Ho * Wo) and ``_MIN_OUT_CHANNELS`` output channels; else 'xla'. Other backends:
-    'xla'."""
-    if (backend or jax.default_backend()) != "cpu":
+    """The faster formulation of the kernel gradient measured alone, per shape: on CPU with
+    XLA's YNNPACK fusions on (``cpu_flags.ynn_enabled``), for a convolution of at least
+    ``_MIN_FLOPS``, 'im2col' for 1x1 kernels, and for larger ones with at most
+    ``_MAX_KERNEL_PIXELS`` taps (3x3), at least ``_MIN_ROWS`` output pixels in the batch
+    (N * Ho * Wo) and ``_MIN_OUT_CHANNELS`` output channels; else 'xla'. With YNNPACK off (what
+    ``import jaxvision`` sets) XLA's own kernel gradient was as fast or faster on every ResNet
+    shape but two, so 'xla'; other backends: 'xla'."""
+    if (backend or jax.default_backend()) != "cpu" or not cpu_flags.ynn_enabled():
         return "xla"
     if out_hw is None:
         out_hw = [-(-int(d) // int(s)) for d, s in zip(x_shape[1:3], strides)]

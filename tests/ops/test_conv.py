@@ -1,5 +1,7 @@
 """``jaxvision.ops.conv``: values and gradients equal to ``lax.conv_general_dilated``'s."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 from jax import lax
 
+from jaxvision import cpu_flags
 from jaxvision.ops import conv as C
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -117,8 +120,30 @@ def test_bfloat16_second_derivatives_vmap_and_fallbacks():
                     argnums=1)(x, kg, g3))
 
 
+def _ynn(monkeypatch, on: bool) -> None:
+    """XLA_FLAGS as ``cpu_flags.ynn_enabled`` reads it: YNNPACK fusions on or off."""
+    flags = [t for t in os.environ.get("XLA_FLAGS", "").split()
+             if not t.startswith(cpu_flags.OPTION)]
+    monkeypatch.setenv("XLA_FLAGS", " ".join(flags + ([] if on else [cpu_flags.OPTION + "="])))
+    assert cpu_flags.ynn_enabled() == on
+
+
+def test_with_ynnpack_off_the_kernel_gradient_is_xlas(monkeypatch):
+    """What ``import jaxvision`` sets: XLA's kernel gradient won on every ResNet shape but two;
+    the forward rules stay."""
+    monkeypatch.delenv("JAXVISION_CONV_GRAD", raising=False)
+    _ynn(monkeypatch, on=False)
+    assert C.choose((128, 32, 32, 16), (3, 3, 16, 32), (2, 2), backend="cpu") == "xla"
+    assert C.choose((128, 8, 8, 256), (1, 1, 256, 512), (2, 2), backend="cpu") == "xla"
+    assert C.choose_forward((128, 28, 28, 1), (5, 5, 1, 6), backend="cpu") == "elementwise"
+    assert C.choose_forward((128, 2, 2, 512), (3, 3, 512, 512), backend="cpu") == "im2col"
+    monkeypatch.setenv("JAXVISION_CONV_GRAD", "im2col")      # still forced by the setting
+    assert C.choose((128, 32, 32, 16), (3, 3, 16, 32), (2, 2), backend="cpu") == "im2col"
+
+
 def test_choose_is_a_fixed_rule_of_the_shape(monkeypatch):
     monkeypatch.delenv("JAXVISION_CONV_GRAD", raising=False)     # the default is 'auto'
+    _ynn(monkeypatch, on=True)                  # the rules measured with YNNPACK's fusions
     assert C.choose((128, 32, 32, 16), (3, 3, 16, 32), (2, 2), backend="cpu") == "im2col"
     assert C.choose((128, 32, 32, 16), (3, 3, 16, 16), (1, 1), backend="cpu") == "xla"
     assert C.choose((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), backend="cpu") == "xla"

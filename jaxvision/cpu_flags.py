@@ -14,7 +14,10 @@ to ``XLA_FLAGS`` unless
   the default, on), or
 * the installed jaxlib is not 0.10.x, where the option was measured: an XLA that does not know
   an option refuses to start.
-The option only concerns XLA:CPU; GPU and TPU runs are unchanged. This module imports no JAX.
+The option only concerns XLA:CPU; GPU and TPU runs are unchanged. The two settings round
+differently (other kernels), so a run resumed under the other one is not bit-identical to one
+that never stopped; keep the setting of a job the same across its processes and restarts. This
+module imports no JAX.
 """
 
 from __future__ import annotations

@@ -123,8 +123,8 @@ def _model(case: str):
     return config, exp, exp.build_model(config, info), segmentation
 
 
-def _setup(case: str) -> dict:
-    """Four steps (``KINDS``), each compiled under its convolution setting, and their states."""
+def _setup(case: str, kinds: tuple[str, ...] = KINDS) -> dict:
+    """The steps of ``kinds``, each compiled under its convolution setting, and their states."""
     _, _, shape, batch_size, classes = _config(case)
     config, exp, model, segmentation = _model(case)
     optimizer = make_optimizer(config.optim, int(config.train.steps))
@@ -133,7 +133,7 @@ def _setup(case: str) -> dict:
         {k: v[:1] for k, v in batch.items()}, jax.random.key(0)))
     strategy = Strategy("jit")
     out = {"batch_size": batch_size}
-    for kind in KINDS:
+    for kind in kinds:
         os.environ["JAXVISION_CONV_GRAD"] = "auto" if kind.endswith("+conv") else "xla"
         fresh = jax.tree.map(np.copy, variables)
         if kind.startswith("plain"):
@@ -176,17 +176,23 @@ def _plain_ynn_ms(case: str, steps: int, rounds: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def _time(s: dict, kinds: tuple[str, ...], rounds: int, steps: int) -> None:
+    """One warm-up call per kind, then ``rounds`` interleaved rounds of ``steps`` calls per
+    kind; appends each round's ms per step to ``s[kind]['ms']``."""
+    for kind in kinds:
+        s[kind]["run"]()
+    for _ in range(rounds):
+        for kind in kinds:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                s[kind]["run"]()
+            s[kind]["ms"].append(1000 * (time.perf_counter() - t0) / steps)
+
+
 def _time_plain_only(case: str, steps: int, rounds: int) -> None:
     """Prints ``plain``'s median ms per step of ``case`` (the ``--plain-only`` mode)."""
-    global KINDS
-    KINDS = ("plain",)
-    s = _setup(case)
-    s["plain"]["run"]()
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            s["plain"]["run"]()
-        s["plain"]["ms"].append(1000 * (time.perf_counter() - t0) / steps)
+    s = _setup(case, ("plain",))
+    _time(s, ("plain",), rounds, steps)
     print(statistics.median(s["plain"]["ms"]))
 
 
@@ -231,14 +237,7 @@ def main() -> None:
     rows = []
     for case in a.models:
         s = _setup(case)
-        for kind in KINDS:   # warm-up
-            s[kind]["run"]()
-        for _ in range(a.rounds):
-            for kind in KINDS:
-                t0 = time.perf_counter()
-                for _ in range(a.steps):
-                    s[kind]["run"]()
-                s[kind]["ms"].append(1000 * (time.perf_counter() - t0) / a.steps)
+        _time(s, KINDS, a.rounds, a.steps)
         ips = {k: s["batch_size"] / (statistics.median(s[k]["ms"]) / 1000) for k in KINDS}
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         row = (f"| {case} | {s['batch_size']} | " + " | ".join(f"{ips[k]:,.0f}" for k in KINDS)

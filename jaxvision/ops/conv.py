@@ -191,6 +191,12 @@ def _block_count(n: int, bytes_per_example: int) -> int:
     return n
 
 
+def concrete(*shapes: Sequence[Any]) -> bool:
+    """Whether every dimension of ``shapes`` is a Python int: False for the symbolic sizes of
+    ``jax.export`` (a batch 'b'), which have no value to choose a formulation by."""
+    return all(isinstance(d, int) for shape in shapes for d in shape)
+
+
 def _setting() -> str:
     setting = os.environ.get("JAXVISION_CONV_GRAD", "") or "auto"
     if setting not in SETTINGS:
@@ -350,8 +356,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     dilation = tuple(int(d) for d in (rhs_dilation or (1,) * nd))
     # Symbolic shapes (``jax.export`` with a batch dimension 'b') have no static size to choose
     # by, and an exported model should not depend on this host's measurements: XLA's.
-    symbolic = not all(isinstance(d, int) for d in tuple(lhs.shape) + tuple(rhs.shape))
-    plain = (_AS_LAX.get() or symbolic or nd != 2
+    plain = (_AS_LAX.get() or not concrete(lhs.shape, rhs.shape) or nd != 2
              or not _is_nhwc(lhs.shape, rhs.shape, dimension_numbers)
              or feature_group_count != 1
              or batch_group_count != 1 or any(d != 1 for d in (lhs_dilation or (1,) * nd))

@@ -58,8 +58,7 @@ def _pads(padding: Padding, spatial: Sequence[int], window: Sequence[int],
 
 def _rewrite(inputs: jax.Array, window: Sequence[int]) -> bool:
     # Symbolic shapes (``jax.export``'s batch 'b') stay flax's: their size has no fixed order.
-    concrete = all(isinstance(d, int) for d in inputs.shape)
-    return (concrete and not conv_ops.xla_only() and inputs.ndim == len(window) + 2
+    return (conv_ops.concrete(inputs.shape) and not conv_ops.xla_only() and inputs.ndim == len(window) + 2
             and jnp.issubdtype(inputs.dtype, jnp.floating)
             and math.prod(inputs.shape) >= _MIN_ELEMENTS)
 

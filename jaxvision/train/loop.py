@@ -132,8 +132,11 @@ def build(config: Any, exp: Experiment, sources: tuple[Any, Any] | None = None, 
     key = jax.random.key(int(config.seed))
     init_key, state_key = jax.random.split(key)
     ema = float(config.optim.get("ema_decay", 0.0)) > 0
+    # The abstract state calls the same jitted init as the real one below, so jax traces the
+    # model's init once for both.
+    init = jax.jit(functools.partial(exp.init_variables, config, model))
     abstract_state = jax.eval_shape(lambda s, k1, k2: state_lib.create(
-        exp.init_variables(config, model, s, k1), optimizer, k2, ema), sample, init_key, state_key)
+        init(s, k1), optimizer, k2, ema), sample, init_key, state_key)
     names = _metric_names(config, exp, model, evaluators, eval_loaders, abstract_state, setup,
                           sample)
     run = Run(config, exp, strategy, train_source.info, model, optimizer, abstract_state,
@@ -141,7 +144,6 @@ def build(config: Any, exp: Experiment, sources: tuple[Any, Any] | None = None, 
     run.setup_data = strategy.put_state(setup.data) if setup.data is not None else None
     if abstract:
         return run
-    init = jax.jit(functools.partial(exp.init_variables, config, model))
     variables = jax.device_get(init(sample, init_key))
     run.state = state_lib.create(variables, optimizer, state_key, ema)
     return run

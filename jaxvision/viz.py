@@ -46,8 +46,8 @@ _WRAP_COLUMNS = 4
 # Shared helpers
 # --------------------------------------------------------------------------------------------
 
-def _new_figure(width_in: float, height_in: float) -> Figure:
-    fig = Figure(figsize=(width_in, height_in), layout="constrained")
+def _new_figure(width_in: float, height_in: float, layout: str | None = "constrained") -> Figure:
+    fig = Figure(figsize=(width_in, height_in), layout=layout)
     FigureCanvasAgg(fig)  # binds the Agg canvas to this figure only
     return fig
 
@@ -544,10 +544,16 @@ def plot_curves(records: list[dict], out_path: str, *, title: str | None = None,
     names = sorted(curves, key=_metric_order)
     ncols = min(3, len(names))
     nrows = math.ceil(len(names) / ncols)
-    fig = _new_figure(3.2 * ncols, 2.4 * nrows + (0.3 if title else 0.0))
+    top_in = 0.3 + (0.35 if title else 0.0)
+    width, height = 3.2 * ncols, 2.4 * nrows + top_in - 0.3
+    # Fixed margins in inches instead of constrained layout, which measures every tick label of
+    # every panel and so took half the time of a figure of 18 panels (3.4 s -> 1.7 s).
+    fig = _new_figure(width, height, layout=None)
+    fig.subplots_adjust(left=0.62 / width, right=1 - 0.15 / width, bottom=0.45 / height,
+                        top=1 - top_in / height, wspace=0.85 / 2.45, hspace=0.75 / 1.65)
     axes = np.asarray(fig.subplots(nrows, ncols, squeeze=False)).reshape(-1)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
     split_style = {"train": dict(color="tab:blue", linewidth=1.2),
                    "eval": dict(color="tab:orange", linewidth=1.2, marker="o", markersize=3)}
     for ax, name in zip(axes, names):

@@ -60,6 +60,37 @@ class CheckpointFallbackWarning(UserWarning):
     """A checkpoint was unusable and an older one is used instead."""
 
 
+_plain_cpu_saves = False
+
+
+def _save_cpu_arrays_whole() -> None:
+    """On CPU, registers orbax's ``jax.Array`` handler without replica-parallel saving (once).
+
+    Orbax's default off GPU cuts each replicated array into one slice per device and writes the
+    slices in parallel. CPU devices share one host memory, so the cut only adds an eager slice
+    per array and device: a state of 60 arrays replicated over 4 simulated devices saved in
+    2.1 s the first time (compiling the slices) and 0.23 s later, against 0.15 and 0.14 s
+    whole. Orbax itself turns it off the same way on GPU. A registration, not a handler
+    option, because ``StandardCheckpointHandler`` takes no type-handler registry.
+    """
+    global _plain_cpu_saves
+    if _plain_cpu_saves or jax.default_backend() != "cpu":
+        return
+    default = ocp.type_handlers.get_type_handler(jax.Array)
+    handler = ocp.type_handlers.ArrayHandler(
+        use_replica_parallel=False,
+        # Keeps the per-array metadata the default handler writes (absent: orbax skips it).
+        array_metadata_store=getattr(default, "_array_metadata_store", None))
+    absl_logger = logging.getLogger("absl")  # orbax warns of every override it is asked for
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        absl_logger.setLevel(level)
+    _plain_cpu_saves = True
+
+
 @dataclasses.dataclass(frozen=True)
 class Restored:
     """What ``Checkpointer.restore`` returns.
@@ -145,6 +176,7 @@ class Checkpointer:
         self._metrics: dict[int, dict | None] = {}  # step -> train_metrics, for best tracking
         self._unusable: dict[int, str] = {}  # step -> why restore could not use it
 
+        _save_cpu_arrays_whole()
         policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
         if best_metric is not None:
             policies.append(_PreserveBest(self._metric_value, best_mode))

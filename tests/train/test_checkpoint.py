@@ -174,6 +174,30 @@ def test_restore_into_sharded_target(tmp_path):
             np.testing.assert_array_equal(np.asarray(got), np.arange(16.0).reshape(8, 2))
 
 
+
+def test_saving_replicated_arrays_on_cpu_compiles_nothing(tmp_path):
+    """Orbax's replica-parallel save would cut each replicated array into one eager slice per
+    CPU device (a compilation per shape); jaxvision saves them whole on CPU."""
+    if jax.device_count() < 4:
+        pytest.skip("needs 4 devices (tests/conftest.py simulates them on CPU)")
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    # Rows divisible by the 4 devices (orbax slices only those), in shapes no other test saves.
+    state = {f"w{n}": jax.device_put(np.arange(n * 9.0, dtype=np.float32).reshape(n, 9), replicated)
+             for n in (44, 52, 76)}
+    compiles = []
+    listener = lambda event, *_, **__: compiles.append(event)  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        with Checkpointer(tmp_path, async_save=False) as ckpt:
+            ckpt.save(1, state)
+            restored = ckpt.restore(jax.tree.map(np.zeros_like, state)).state
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert [e for e in compiles if e.startswith("/jax/core/compile/")] == []
+    for k in state:
+        np.testing.assert_array_equal(restored[k], np.asarray(state[k]))
+
 # ----------------------------------------------------------------------------- retention
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from jaxvision import optim
+from jaxvision.__main__ import main
 from jaxvision.config import ConfigError, check_config, get_config
 from jaxvision.train import loop
 from jaxvision.train.checkpoint import Checkpointer
@@ -58,14 +59,14 @@ def test_lock_refuses_a_second_holder_and_takes_over_a_stale_one(tmp_path):
 
 
 def test_concurrent_trainer_is_refused_and_ctrl_c_saves_and_resumes_exactly(
-        tmp_path, endless_trainer):
+        tmp_path, endless_trainer, capsys):
     work = tmp_path / "run"
     first = endless_trainer(work)
-    second = _cli("train", "--config", f"{TINY}:tiny", "--workdir", str(work), "--no-progress",
-                  "--config.optim.lr=0.1")
-    assert second.returncode == 2, second.stderr
-    assert "in use by another trainer (host " in second.stderr
-    assert f"pid {first.pid}" in second.stderr
+    capsys.readouterr()
+    assert main(["train", "--config", f"{TINY}:tiny", "--workdir", str(work), "--no-progress",
+                 "--config.optim.lr=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "in use by another trainer (host " in err and f"pid {first.pid}" in err, err
     first.send_signal(signal.SIGINT)
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
@@ -146,7 +147,6 @@ def test_eval_batch_error_names_the_eval_key():
 
 
 def test_exit_code_contract_and_one_line_errors(tmp_path):
-    from jaxvision.__main__ import main
     bad = tmp_path / "bad_experiment.py"
     bad.write_text("CONFIGS = {\n  'x': lambda: None,\n  oops here\n}\n")
     cases = [

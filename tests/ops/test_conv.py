@@ -161,11 +161,16 @@ def test_choose_is_a_fixed_rule_of_the_shape(monkeypatch):
     assert C.choose_forward((128, 2, 2, 512), (3, 3, 512, 512), backend="cpu") == "im2col"
     assert C.choose_forward((128, 4, 4, 512), (3, 3, 512, 512), backend="cpu") == "xla"
     assert C.choose_forward((128, 4, 4, 512), (3, 3, 512, 512), (2, 2), backend="cpu") == "im2col"
+    # Too little work to pay back the rewrite's compile time: 3.5 and 7.5 MFLOP per call.
+    assert C.choose_forward((8, 32, 32, 3), (3, 3, 3, 8), backend="cpu") == "xla"
+    assert C.choose_forward((32, 28, 28, 1), (5, 5, 1, 6), backend="cpu") == "xla"
     monkeypatch.setenv("JAXVISION_CONV_GRAD", "xla")
     assert C.choose((128, 32, 32, 16), (3, 3, 16, 32), (2, 2), backend="cpu") == "xla"
     assert C.choose_forward((128, 28, 28, 1), (5, 5, 1, 6), backend="cpu") == "xla"
     monkeypatch.setenv("JAXVISION_CONV_GRAD", "im2col")
     assert C.choose((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), backend="gpu") == "im2col"
+    # Forced rewrites (tests, benchmarks) take them at any size.
+    assert C.choose_forward((8, 32, 32, 3), (3, 3, 3, 8), backend="cpu") == "elementwise"
     monkeypatch.setenv("JAXVISION_CONV_GRAD", "fast")
     with pytest.raises(ValueError, match="JAXVISION_CONV_GRAD='fast'"):
         C.choose((1, 8, 8, 1), (3, 3, 1, 1), (1, 1))

@@ -17,15 +17,15 @@ if "xla_backend_optimization_level" not in flags:
 if "xla_cpu_use_fusion_emitters" not in flags:
     flags += " --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = flags.strip()
+# Lowering attaches each operation's Python traceback to the program as its location. Tests
+# never read them, and without them four of the heaviest test files ran 3-7% faster.
+os.environ.setdefault("JAX_TRACEBACK_IN_LOCATIONS_LIMIT", "0")
+os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "0")
 # The persistent compilation cache, through jax's environment variables so that the processes
 # the tests start (the command line, multi-process runs) share it. Every program is cached, not
 # only slow ones: many tests build the same small programs again (a new jit of the same model),
 # and a cache hit costs a file read where compiling costs 0.1-0.5 s (train/test_loop.py and
 # train/test_reliability.py from a cold cache: 93 s with a 0.5 s threshold, 70 s without one).
-# Lowering attaches each operation's Python traceback to the program as its location. Tests
-# never read them, and without them four of the heaviest test files ran 3-7% faster.
-os.environ.setdefault("JAX_TRACEBACK_IN_LOCATIONS_LIMIT", "0")
-os.environ.setdefault("JAX_INCLUDE_FULL_TRACEBACKS_IN_LOCATIONS", "0")
 _cache = os.environ.get("JAXVISION_COMPILATION_CACHE")
 if _cache:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)

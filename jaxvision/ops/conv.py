@@ -26,11 +26,12 @@ the backend (``choose``, ``choose_forward``), never by timing at run time, so ev
 job and every resume computes the same numbers. ``JAXVISION_CONV_GRAD`` sets the policy:
 unset or 'auto' (the default) applies the measured rules on CPU and XLA's formulations on other
 backends (on CPU, a convolution too small to pay back a rewrite's compile time keeps XLA's:
-``_MIN_FLOPS``, ``_MIN_FORWARD_FLOPS``); 'xla' is ``lax.conv_general_dilated`` everywhere, and ``pool``'s pools are
-``flax.linen``'s (what a plain Flax model gets);
-'im2col' forces the kernel-gradient rewrite and the forward rules at any size. Convolutions the rewrites do not cover (feature
-groups, input dilation, batch groups, layouts other than NHWC/HWIO, ``preferred_element_type``,
-3-D, symbolic shapes as in ``jax.export``) are ``lax.conv_general_dilated``'s.
+``_MIN_FLOPS``, ``_MIN_FORWARD_FLOPS``); 'xla' is ``lax.conv_general_dilated`` everywhere, and
+``pool``'s pools are ``flax.linen``'s (what a plain Flax model gets); 'im2col' forces the
+kernel-gradient rewrite and applies the forward rules at any size. Convolutions the rewrites do
+not cover (feature groups, input dilation, batch groups, layouts other than NHWC/HWIO,
+``preferred_element_type``, 3-D, symbolic shapes as in ``jax.export``) are
+``lax.conv_general_dilated``'s.
 
 The input gradient is XLA's, except after the im2col forward (its transpose). Second
 derivatives go through the same functions (the custom VJP's backward is itself differentiable).
@@ -242,7 +243,7 @@ def choose_forward(x_shape: Sequence[int], w_shape: Sequence[int],
     if w_shape[0] * w_shape[1] == 1:
         return "xla"
     out_hw = x_shape[1:3] if out_hw is None else out_hw
-    flops = 2 * int(x_shape[0]) * int(out_hw[0]) * int(out_hw[1]) * math.prod(int(d) for d in w_shape)
+    flops = 2 * int(x_shape[0]) * int(out_hw[0]) * int(out_hw[1]) * math.prod(map(int, w_shape))
     if setting == "auto" and flops < _MIN_FORWARD_FLOPS:
         return "xla"
     if int(w_shape[0]) * int(w_shape[1]) * int(x_shape[3]) <= _MAX_ELEMENTWISE_TERMS:

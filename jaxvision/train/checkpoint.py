@@ -70,8 +70,8 @@ def _save_cpu_arrays_whole() -> None:
     slices in parallel. CPU devices share one host memory, so the cut only adds an eager slice
     per array and device: a state of 60 arrays replicated over 4 simulated devices saved in
     2.1 s the first time (compiling the slices) and 0.23 s later, against 0.15 and 0.14 s
-    whole. Orbax itself turns it off the same way on GPU. A registration, not a handler
-    option, because ``StandardCheckpointHandler`` takes no type-handler registry.
+    whole. Orbax turns it off on GPU too. A registration, not a handler option, because
+    ``StandardCheckpointHandler`` takes no type-handler registry.
     """
     global _plain_cpu_saves
     if _plain_cpu_saves or jax.default_backend() != "cpu":

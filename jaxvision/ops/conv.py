@@ -198,6 +198,11 @@ def _block_count(n: int, bytes_per_example: int) -> int:
     return n
 
 
+def _flops(x_shape: Sequence[int], w_shape: Sequence[int], out_hw: Sequence[int]) -> int:
+    """Multiply-adds times 2 of one call: batch x output pixels x the kernel's KH*KW*C*O."""
+    return 2 * int(x_shape[0]) * int(out_hw[0]) * int(out_hw[1]) * math.prod(map(int, w_shape))
+
+
 def concrete(*shapes: Sequence[Any]) -> bool:
     """Whether every dimension of ``shapes`` is a Python int: False for the symbolic sizes of
     ``jax.export`` (a batch 'b'), which have no value to choose a formulation by."""
@@ -243,8 +248,7 @@ def choose_forward(x_shape: Sequence[int], w_shape: Sequence[int],
     if w_shape[0] * w_shape[1] == 1:
         return "xla"
     out_hw = x_shape[1:3] if out_hw is None else out_hw
-    flops = 2 * int(x_shape[0]) * int(out_hw[0]) * int(out_hw[1]) * math.prod(map(int, w_shape))
-    if setting == "auto" and flops < _MIN_FORWARD_FLOPS:
+    if setting == "auto" and _flops(x_shape, w_shape, out_hw) < _MIN_FORWARD_FLOPS:
         return "xla"
     if int(w_shape[0]) * int(w_shape[1]) * int(x_shape[3]) <= _MAX_ELEMENTWISE_TERMS:
         return "elementwise"
@@ -274,8 +278,7 @@ def measured_rule(x_shape: Sequence[int], w_shape: Sequence[int], strides: Seque
         return "xla"
     if out_hw is None:
         out_hw = [-(-int(d) // int(s)) for d, s in zip(x_shape[1:3], strides)]
-    flops = 2 * x_shape[0] * out_hw[0] * out_hw[1] * w_shape[0] * w_shape[1] * w_shape[2] * w_shape[3]
-    if flops < _MIN_FLOPS:
+    if _flops(x_shape, w_shape, out_hw) < _MIN_FLOPS:
         return "xla"
     if w_shape[0] * w_shape[1] == 1:
         return "im2col"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import logging
 import math
 import os
@@ -60,9 +61,7 @@ class CheckpointFallbackWarning(UserWarning):
     """A checkpoint was unusable and an older one is used instead."""
 
 
-_plain_cpu_saves = False
-
-
+@functools.cache
 def _save_cpu_arrays_whole() -> None:
     """On CPU, registers orbax's ``jax.Array`` handler without replica-parallel saving (once).
 
@@ -73,8 +72,7 @@ def _save_cpu_arrays_whole() -> None:
     whole. Orbax turns it off on GPU too. A registration, not a handler option, because
     ``StandardCheckpointHandler`` takes no type-handler registry.
     """
-    global _plain_cpu_saves
-    if _plain_cpu_saves or jax.default_backend() != "cpu":
+    if jax.default_backend() != "cpu":
         return
     default = ocp.type_handlers.get_type_handler(jax.Array)
     handler = ocp.type_handlers.ArrayHandler(
@@ -88,7 +86,6 @@ def _save_cpu_arrays_whole() -> None:
         ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
     finally:
         absl_logger.setLevel(level)
-    _plain_cpu_saves = True
 
 
 @dataclasses.dataclass(frozen=True)

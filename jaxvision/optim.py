@@ -474,18 +474,23 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
     return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, freeze_labels)
 
 
+def injected_hyperparams(opt_state: Any) -> dict[str, Any]:
+    """Returns the injected hyperparameters of ``opt_state`` as they are stored (arrays, on
+    the device, with a leading replica axis under pmap), keyed by name; {} when there are none.
+    Reading these rather than the whole state keeps a host read small."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(
+        x, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)))
+        if isinstance(s, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState))]
+    return dict(found[0].hyperparams) if found else {}
+
+
 def current_hyperparams(opt_state: Any) -> dict[str, float]:
     """Returns the injected hyperparameters (learning_rate, momentum / b1, ...) as floats.
 
     Values are those used by the most recent update (before any update: the step-0 values).
     Host-side (not under jit); {} when the state has no injected hyperparameters.
     """
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(
-        x, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)))
-        if isinstance(s, (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState))]
-    if not found:
-        return {}
-    return {k: float(jax.device_get(v)) for k, v in found[0].hyperparams.items()}
+    return {k: float(v) for k, v in jax.device_get(injected_hyperparams(opt_state)).items()}
 
 
 def current_lr(opt_state: Any) -> float | None:

@@ -201,7 +201,7 @@ def _outputs(run: Run, step: Any, device_state: Any, loader: Any, kind: str) -> 
     for batch in loader:
         out = step(device_state, strategy.put_batch(batch), run.setup_data)
         if kind == "sums":
-            yield jax.device_get(strategy.unreplicate(out))
+            yield strategy.host(out)
         else:
             host = strategy.gather(out)
             keep = host.pop("valid").astype(bool)
@@ -446,7 +446,7 @@ def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int
     sign = 1.0 if tc.best_mode == "max" else -1.0
 
     def check_finite() -> None:
-        bad = int(jax.device_get(strategy.unreplicate(device_state).bad_step))
+        bad = int(strategy.host(device_state.bad_step))
         if bad >= 0:
             last = ckpt.latest_step()
             raise TrainingError(f"loss or gradient is not finite at step {bad}; training stopped. "
@@ -473,12 +473,12 @@ def _train(run: Run, workdir: Path, *, force: bool, progress: bool, stop_at: int
             return
         acc = Accumulator()
         for m in pending:
-            acc.add(strategy.unreplicate(m))
+            acc.add(strategy.host(m))
         pending.clear()
         record = acc.result()
-        lr = optim.current_lr(strategy.unreplicate(device_state).opt_state)
+        lr = strategy.host(optim.injected_hyperparams(device_state.opt_state)).get("learning_rate")
         if lr is not None:
-            record["lr"] = lr
+            record["lr"] = float(lr)
         dropped = getattr(run.train_loader, "dropped_boxes", 0)
         if dropped:
             # The box policy (jaxvision/data/example.py): boxes clipped or cropped away, counted

@@ -76,7 +76,17 @@ class Strategy:
         return jax.tree.map(np.asarray, tree)
 
     def unreplicate(self, tree: Any) -> Any:
-        """The state (or metrics) as one copy: for checkpoints and host reads."""
+        """The state as one copy of device arrays: for checkpoints."""
+        if self.name == "jit":
+            return tree
+        return jax.tree.map(lambda x: x[0], tree)
+
+    def host(self, tree: Any) -> Any:
+        """One copy of ``tree`` (metrics, eval sums, a few leaves of the state) as numpy arrays
+        on the host, for reading. Under pmap it copies every replica and keeps the first:
+        ``unreplicate``'s ``x[0]`` is a computation dispatched (and first compiled) per leaf,
+        which each logged step would pay."""
+        tree = jax.device_get(tree)
         if self.name == "jit":
             return tree
         return jax.tree.map(lambda x: x[0], tree)

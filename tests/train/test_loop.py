@@ -87,6 +87,29 @@ def test_strategies_and_device_counts_agree(tmp_path, exp, reference, strategy, 
     assert_trees_equal(state.model_state, ref_state.model_state, rtol=2e-4, atol=2e-5)
 
 
+
+@pytest.mark.parametrize("strategy", ["jit", "pmap"])
+def test_host_reads_compile_nothing(strategy):
+    """Each logged step reads its metrics, the non-finite flag and the learning rate through
+    ``Strategy.host``. Under pmap, ``unreplicate``'s ``x[0]`` would compile a slice for each leaf
+    shape and then dispatch one per leaf and read."""
+    from jaxvision.train.parallel import Strategy
+    s = Strategy(strategy)
+    n = len(s.local_devices) if strategy == "pmap" else 1
+    x = np.arange(n * 7 * 5, dtype=np.float32).reshape(n, 7, 5)   # shapes no other test reads
+    fn = (lambda v: {"a": v * 2, "b": (v.sum(), v[:3] - 1)})
+    tree = jax.pmap(fn)(x) if strategy == "pmap" else jax.jit(fn)(x[0])
+    events = []
+    listener = lambda event, *_, **__: events.append(event)  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        got = s.host(tree)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert [e for e in events if e.startswith("/jax/core/compile/")] == []
+    assert all(isinstance(v, (np.ndarray, np.generic)) for v in jax.tree.leaves(got))
+    assert_trees_equal(got, fn(x[0]), rtol=0, atol=0)
+
 def test_eval_is_exact_over_padded_batches(exp, reference):
     workdir, results, state = reference
     config = tiny()

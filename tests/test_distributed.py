@@ -111,12 +111,13 @@ def _launch(env: dict, *args: str, num: int = 2, devices: int = 1, timeout: floa
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _json_of(stdout: str, process: int = 0) -> dict:
-    """The last JSON line a process printed (lines carry the launcher's '[pI] ' prefix)."""
+def _json_of(stdout: str, process: int = 0, which: int = -1) -> dict:
+    """JSON line ``which`` (default the last) that a process printed (lines carry the
+    launcher's '[pI] ' prefix)."""
     tag = f"[p{process}] {{"
     lines = [line[len(tag) - 1:] for line in stdout.splitlines() if line.startswith(tag)]
     assert lines, f"no JSON line from process {process} in:\n{stdout[-2000:]}"
-    return json.loads(lines[-1])
+    return json.loads(lines[which])
 
 
 def _train_cmd(workdir: Path, *overrides: str) -> list[str]:
@@ -251,23 +252,26 @@ def test_two_processes_share_one_prediction_path_evaluators_ensembles_probes(
     workdir alone) and an ensemble give what one process gives. (``probe`` reads the same
     ``loop.predict`` path; its one-process result is tested in tests/tools/test_probe.py.)"""
     from jaxvision.tools import ensemble
-    env = _env(cache_dir)
-    py = [sys.executable, "-m", "jaxvision"]
     ret = tmp_path / "retrieval"
     loop.train(get_config(RETRIEVAL), ret, progress=False)
-    want = loop.evaluate_checkpoint(get_config(RETRIEVAL), ret)
-    r = _launch(env, "--", *py, "eval", "--workdir", str(ret))
+    members = [str(reference.workdir), str(reference.at6)]
+    # Both commands in one launch: each process imports jax and joins the job once (the second
+    # command's distributed.initialize returns at once), saving a second launch's start-up.
+    commands = [["eval", "--workdir", str(ret)],
+                ["ensemble", "--workdir", members[0], "--workdir", members[1]]]
+    script = ("import sys\nfrom jaxvision.__main__ import main\n"
+              f"sys.exit(main({commands[0]!r}) or main({commands[1]!r}))")
+    r = _launch(_env(cache_dir), "--", sys.executable, "-c", script)
     assert r.returncode == 0, r.stderr[-4000:]
-    got = _json_of(r.stdout)
-    assert _json_of(r.stdout, process=1) == got
+
+    want = loop.evaluate_checkpoint(get_config(RETRIEVAL), ret)
+    got = _json_of(r.stdout, which=0)
+    assert _json_of(r.stdout, process=1, which=0) == got
     for k in ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r",
               "retrieval_queries", "macro_f1"):
         assert got[k] == pytest.approx(want[k], abs=1e-9), k
 
-    members = [str(reference.workdir), str(reference.at6)]
     want = ensemble.ensemble_from_specs(None, members)
-    r = _launch(env, "--", *py, "ensemble", "--workdir", members[0], "--workdir", members[1])
-    assert r.returncode == 0, r.stderr[-4000:]
     got = _json_of(r.stdout)
     assert got["num_examples"] == want["num_examples"] == NUM_EVAL
     assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1.01 / NUM_EVAL)

@@ -1,6 +1,7 @@
 """The whole compiled train step: plain Flax vs this project, per zoo model, in one process.
 
     python benchmarks/train_step.py [--models lenet5 resnet20 ...] [--rounds 5] [--steps 5]
+                                    [--compile-rounds 3]
 
 For each model, four jitted steps on one fixed synthetic batch (numpy seed 0), timed in
 interleaved rounds so machine noise hits all alike (median ms per step over the rounds):
@@ -20,7 +21,9 @@ four run without them. ``--plain-ynn`` also times ``plain`` in a subprocess with
 (YNNPACK on, ``JAXVISION_CPU_YNN=1``), right after the rounds of the same model: what a plain Flax
 user gets, and ``project+conv``'s ratio to it.
 
-Prints images/s per step kind, the ratios to ``plain``, compile seconds and the process's
+Prints images/s per step kind, the ratios to ``plain``, compile seconds (the median of
+``--compile-rounds`` compiles from scratch per kind, interleaved; each includes the trace, the
+lowering and the first call) with the two ratios the issue limits to +30%, and the process's
 peak resident memory. With ``torch`` importable (not a dependency; install it beside),
 ``--torch`` also times PyTorch eager on the same architectures
 (``benchmarks/_torch_models.py``; ``--torch-python PY`` runs them with another interpreter that
@@ -123,8 +126,10 @@ def _model(case: str):
     return config, exp, exp.build_model(config, info), segmentation
 
 
-def _setup(case: str, kinds: tuple[str, ...] = KINDS) -> dict:
-    """The steps of ``kinds``, each compiled under its convolution setting, and their states."""
+def _setup(case: str, kinds: tuple[str, ...] = KINDS, fresh: bool = False) -> dict:
+    """The steps of ``kinds``, each compiled under its convolution setting, and their states.
+    ``fresh``: clear jax's in-memory caches before each kind, so that its compile time includes
+    every function it shares with the kinds before it."""
     _, _, shape, batch_size, classes = _config(case)
     config, exp, model, segmentation = _model(case)
     optimizer = make_optimizer(config.optim, int(config.train.steps))
@@ -157,11 +162,24 @@ def _setup(case: str, kinds: tuple[str, ...] = KINDS) -> dict:
             def run(step=step, args=args, b=dev_batch):
                 args[0], metrics = step(args[0], b, None)
                 jax.block_until_ready((args[0], metrics))
+        if fresh:
+            jax.clear_caches()
         t0 = time.perf_counter()
         run()   # traced here, under this kind's convolution setting
         out[kind] = {"run": run, "compile_s": time.perf_counter() - t0, "ms": []}
     os.environ.pop("JAXVISION_CONV_GRAD")
     return out
+
+
+def _compile_s(case: str, rounds: int) -> dict[str, float]:
+    """Median seconds over ``rounds`` from-scratch compiles of each kind's step (trace, lower,
+    compile and the first call), the kinds interleaved within each round."""
+    times: dict[str, list[float]] = {k: [] for k in KINDS}
+    for _ in range(rounds):
+        s = _setup(case, fresh=True)
+        for k in KINDS:
+            times[k].append(s[k]["compile_s"])
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _plain_ynn_ms(case: str, steps: int, rounds: int) -> float:
@@ -224,6 +242,9 @@ def main() -> None:
                    help="a Python with torch, when this one has none (implies --torch)")
     p.add_argument("--plain-ynn", action="store_true",
                    help="also time plain with XLA:CPU's YNNPACK fusions on (JAX's default)")
+    p.add_argument("--compile-rounds", type=int, default=3,
+                   help="from-scratch compiles per kind whose median is reported (0: the one "
+                        "compile of the timed steps)")
     p.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.plain_only:
@@ -233,17 +254,21 @@ def main() -> None:
           f"median of {a.rounds} rounds of {a.steps} steps, kinds interleaved\n")
     head = "| model | batch | " + " | ".join(f"{k} img/s" for k in KINDS)
     head += " | plain+conv / plain | project / plain | project+conv / plain | compile s (" + \
-        " / ".join(KINDS) + ") | peak RSS GiB |"
+        " / ".join(KINDS) + ") | compile plain+conv / plain, project+conv / project | peak RSS GiB |"
     rows = []
     for case in a.models:
+        compile_s = _compile_s(case, a.compile_rounds) if a.compile_rounds > 0 else None
         s = _setup(case)
+        compile_s = compile_s or {k: s[k]["compile_s"] for k in KINDS}
         _time(s, KINDS, a.rounds, a.steps)
         ips = {k: s["batch_size"] / (statistics.median(s[k]["ms"]) / 1000) for k in KINDS}
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         row = (f"| {case} | {s['batch_size']} | " + " | ".join(f"{ips[k]:,.0f}" for k in KINDS)
                + f" | {ips['plain+conv'] / ips['plain']:.2f}x | {ips['project'] / ips['plain']:.2f}x"
                f" | {ips['project+conv'] / ips['plain']:.2f}x | "
-               + " / ".join(f"{s[k]['compile_s']:.1f}" for k in KINDS) + f" | {rss:.1f} |")
+               + " / ".join(f"{compile_s[k]:.1f}" for k in KINDS)
+               + f" | {compile_s['plain+conv'] / compile_s['plain']:.2f}x, "
+               f"{compile_s['project+conv'] / compile_s['project']:.2f}x | {rss:.1f} |")
         if a.plain_ynn:
             ynn = s["batch_size"] / (_plain_ynn_ms(case, a.steps, a.rounds) / 1000)
             row += f" plain (YNNPACK on) {ynn:,.0f} img/s, project+conv / it {ips['project+conv'] / ynn:.2f}x |"

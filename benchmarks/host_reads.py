@@ -65,7 +65,7 @@ def main() -> None:
     leaves = len(jax.tree.leaves(state))
     print(f"jax {jax.__version__}, {a.model}, pmap on {a.devices} CPU devices, {leaves} state "
           f"leaves, {os.cpu_count()} CPUs\n")
-    print("| read | first s | median ms of the next |")
+    print(f"| read | first s | median ms of the next {a.reads} |")
     print("|---|---:|---:|")
     for name, fn in (("unreplicate (before)", before), ("host (now)", after)):
         t0 = time.perf_counter()

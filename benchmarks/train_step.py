@@ -140,10 +140,10 @@ def _setup(case: str, kinds: tuple[str, ...] = KINDS, fresh: bool = False) -> di
     out = {"batch_size": batch_size}
     for kind in kinds:
         os.environ["JAXVISION_CONV_GRAD"] = "auto" if kind.endswith("+conv") else "xla"
-        fresh = jax.tree.map(np.copy, variables)
+        copy = jax.tree.map(np.copy, variables)
         if kind.startswith("plain"):
-            params = fresh["params"]
-            ms = {k: v for k, v in fresh.items() if k != "params"}
+            params = copy["params"]
+            ms = {k: v for k, v in copy.items() if k != "params"}
             fn = _plain_step(model, optimizer, "mask" if segmentation else "label")
             args = [params, ms, optimizer.init(params)]
             dev_batch = jax.device_put(batch)
@@ -155,7 +155,7 @@ def _setup(case: str, kinds: tuple[str, ...] = KINDS, fresh: bool = False) -> di
         else:
             step = strategy.compile_train(make_train_step(exp, model, optimizer, config,
                                                           strategy.axis_name))
-            args = [strategy.put_state(state_lib.create(fresh, optimizer, jax.random.key(1),
+            args = [strategy.put_state(state_lib.create(copy, optimizer, jax.random.key(1),
                                                         False))]
             dev_batch = strategy.put_batch(batch)
 

@@ -36,6 +36,12 @@ not cover (feature groups, input dilation, batch groups, layouts other than NHWC
 The input gradient is XLA's, except after the im2col forward (its transpose). Second
 derivatives go through the same functions (the custom VJP's backward is itself differentiable).
 
+Two XLA:CPU bugs in the input gradient are avoided by writing padding out first (a ``lax.pad``,
+then the convolution without it), under every setting including 'xla', for the convolutions
+this module handles (2-D, NHWC/HWIO, no groups; the rest go to lax unchanged): padding beyond
+the kernel's reach, and on CPU all the padding of a strided convolution
+(``_pads_strided_first``).
+
 ``conv_transpose`` (FCN, U-Net, DispNet, Mask R-CNN upsampling) is written as a stride-1
 convolution over the output's phases: as the input-dilated convolution that ``jax.vjp`` gives,
 its forward and backward pass took 3-12x as long on XLA:CPU (``benchmarks/conv_transpose.py``).
@@ -300,8 +306,9 @@ def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
 
 
 def _pads_strided_first(strides: Sequence[int], backend: str | None = None) -> bool:
-    """Whether a convolution with ``strides`` has all its padding written out before it (a
-    ``lax.pad``, then the convolution unpadded): on CPU when a stride is above 1. XLA:CPU aborted
+    """Whether a convolution of this module (2-D NHWC, no groups) with ``strides`` has all its
+    padding written out before it (a ``lax.pad``, then the convolution unpadded): on CPU when
+    a stride is above 1. XLA:CPU aborted
     the process while compiling the input gradient of some strided, padded convolutions, e.g.
     3x6 inputs, a 5x2 kernel, strides (3, 2) and padding ((2, 0), (1, 1)); written out, none
     of the same random draws did (tests/ops/test_conv.py)."""
@@ -309,8 +316,8 @@ def _pads_strided_first(strides: Sequence[int], backend: str | None = None) -> b
 
 
 def _is_dense(x_shape, w_shape, pads, dilation, out_hw) -> bool:
-    """Whether the kernel covers the whole unpadded input once (one output pixel, no padding,
-    no dilation): LeNet's C5 and fc layers written as convolutions."""
+    """Whether the kernel covers the whole input once (one output pixel, no padding left after
+    any written out, no dilation): LeNet's C5 and fc layers written as convolutions."""
     return (tuple(out_hw) == (1, 1) and all(p == (0, 0) for p in pads)
             and tuple(dilation) == (1, 1) and tuple(x_shape[1:3]) == tuple(w_shape[:2]))
 

@@ -446,7 +446,8 @@ def test_strided_padded_convolutions_write_their_padding_out(shape):
     x = jnp.asarray(r.standard_normal((n, h, w, c)), jnp.float32)
     k = jnp.asarray(r.standard_normal((kh, kw, c, o)), jnp.float32)
     fn = lambda x, k: C.conv_general_dilated(x, k, strides, pads, rhs_dilation=dilation,  # noqa: E731
-                                             dimension_numbers=NHWC)
+                                             dimension_numbers=NHWC, formulation="xla",
+                                             forward="xla")
     # The padding is a pad of its own and the convolution has none left (with the padding inside
     # the convolution, compiling the gradient below aborts the whole process).
     eqns = jax.make_jaxpr(fn)(x, k).eqns

@@ -15,6 +15,7 @@ from jaxvision.config import ConfigError, get_config
 from jaxvision.experiment import load_experiment
 from jaxvision.train import loop
 from jaxvision.train.checkpoint import Checkpointer
+from jaxvision.train.parallel import Strategy
 
 TINY = "tests/train/tiny_experiment.py"
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,16 +77,26 @@ def test_workdir_outputs(reference):
 # ("jit", 4) is the reference run itself (the default strategy on all 4 devices). Left out for
 # the suite's time: jit on 2 devices (between 1 and 4) and pmap on 1 (one device, as jit's 1).
 @pytest.mark.parametrize("strategy,devices", [("jit", 1), ("pmap", 2), ("pmap", 4)])
-def test_strategies_and_device_counts_agree(tmp_path, exp, reference, strategy, devices):
+def test_strategies_and_device_counts_agree(tmp_path, exp, reference, strategy, devices,
+                                            monkeypatch):
     assert jax.device_count() >= 4, "conftest sets 4 simulated CPU devices"
     _, _, ref_state = reference
     config = tiny(f"parallel.strategy='{strategy}'", f"parallel.num_devices={devices}")
+    # Who asks for the whole state as one copy of device arrays: only checkpoint saves should
+    # (logged reads go through Strategy.host, see test_host_reads_compile_nothing).
+    callers = []
+    unreplicate = Strategy.unreplicate
+
+    def recorded(self, tree):
+        callers.append(sys._getframe(1).f_code.co_name)
+        return unreplicate(self, tree)
+    monkeypatch.setattr(Strategy, "unreplicate", recorded)
     loop.train(config, tmp_path, experiment=exp, progress=False)
+    assert set(callers) == {"save"}, callers
     state = final_params(tmp_path, config, exp)
     # Equal up to float32 reduction order (batch norm and the gradient sum over devices).
     assert_trees_equal(state.params, ref_state.params, rtol=2e-4, atol=2e-5)
     assert_trees_equal(state.model_state, ref_state.model_state, rtol=2e-4, atol=2e-5)
-
 
 
 @pytest.mark.parametrize("strategy", ["jit", "pmap"])
@@ -93,7 +104,6 @@ def test_host_reads_compile_nothing(strategy):
     """Each logged step reads its metrics, the non-finite flag and the learning rate through
     ``Strategy.host``. Under pmap, ``unreplicate``'s ``x[0]`` would compile a slice for each leaf
     shape and then dispatch one per leaf and read."""
-    from jaxvision.train.parallel import Strategy
     s = Strategy(strategy)
     n = len(s.local_devices) if strategy == "pmap" else 1
     x = np.arange(n * 7 * 5, dtype=np.float32).reshape(n, 7, 5)   # shapes no other test reads
@@ -109,6 +119,7 @@ def test_host_reads_compile_nothing(strategy):
     assert [e for e in events if e.startswith("/jax/core/compile/")] == []
     assert all(isinstance(v, (np.ndarray, np.generic)) for v in jax.tree.leaves(got))
     assert_trees_equal(got, fn(x[0]), rtol=0, atol=0)
+
 
 def test_eval_is_exact_over_padded_batches(exp, reference):
     workdir, results, state = reference

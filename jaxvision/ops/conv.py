@@ -308,10 +308,9 @@ def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
 def _pads_strided_first(strides: Sequence[int], backend: str | None = None) -> bool:
     """Whether a convolution of this module (2-D NHWC, no groups) with ``strides`` has all its
     padding written out before it (a ``lax.pad``, then the convolution unpadded): on CPU when
-    a stride is above 1. XLA:CPU aborted
-    the process while compiling the input gradient of some strided, padded convolutions, e.g.
-    3x6 inputs, a 5x2 kernel, strides (3, 2) and padding ((2, 0), (1, 1)); written out, none
-    of the same random draws did (tests/ops/test_conv.py)."""
+    a stride is above 1. XLA:CPU aborted the process while compiling the input gradient of some
+    strided, padded convolutions, e.g. 3x6 inputs, a 5x2 kernel, strides (3, 2) and padding
+    ((2, 0), (1, 1)); written out, none of the same random draws did (tests/ops/test_conv.py)."""
     return max(strides) > 1 and (backend or jax.default_backend()) == "cpu"
 
 
@@ -404,7 +403,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         # * some strided, padded convolutions aborted the process while compiling
         #   (``_pads_strided_first``).
         reach = [(rhs.shape[i] - 1) * dilation[i] for i in range(2)]
-        excess = [(lo, hi) if _pads_strided_first(strides) else (max(lo - r, 0), max(hi - r, 0))
+        all_out = _pads_strided_first(strides)
+        excess = [(lo, hi) if all_out else (max(lo - r, 0), max(hi - r, 0))
                   for (lo, hi), r in zip(pads, reach)]
         if any(e for pair in excess for e in pair):
             lhs = lax.pad(lhs, jnp.zeros((), lhs.dtype),

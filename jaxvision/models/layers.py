@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from jaxvision import replica
+from jaxvision.ops import batch_norm as bn_ops
 from jaxvision.ops import conv as conv_ops
 
 Array = jax.Array
@@ -108,7 +109,8 @@ def norm(
     """Returns a factory ``make(name, zero_init=False) -> layer`` for the norm called ``name``.
 
     ``batch``: BatchNorm over all but the last axis, running statistics in the ``batch_stats``
-    collection, updated only when ``train``. ``layer``: LayerNorm over the channel (last) axis.
+    collection, updated only when ``train`` (in training on CPU ``BatchNorm`` below, else
+    ``flax.linen.BatchNorm``). ``layer``: LayerNorm over the channel (last) axis.
     ``none``: identity with no parameters. ``zero_init=True`` starts the scale at zero (used for
     the last norm of a residual branch). Call the factory inside a compact method.
     """
@@ -117,7 +119,10 @@ def norm(
     def make(layer_name: str, zero_init: bool = False) -> Callable[[Array], Array]:
         scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
         if kind == "batch":
-            return nn.BatchNorm(
+            # In training on CPU, the same layer with its sums as matrix-vector products
+            # (jaxvision.ops.batch_norm); same variables, so checkpoints do not depend on it.
+            cls = BatchNorm if train and not conv_ops.xla_only() else nn.BatchNorm
+            return cls(
                 use_running_average=not train,
                 # Under pmap, statistics over the global batch (as under jit); see replica.py.
                 axis_name=replica.cross_replica_axis() if train else None,
@@ -149,6 +154,41 @@ _DTYPES: dict[str, Any] = {
     "float16": jnp.float16,
     "f16": jnp.float16,
 }
+
+
+class BatchNorm(nn.Module):
+    """``flax.linen.BatchNorm`` in training, over the last axis: the same variables (params
+    ``scale``, ``bias``; ``batch_stats`` ``mean``, ``var``), values, gradients and running
+    averages up to float32 rounding, computed by ``jaxvision.ops.batch_norm.batch_norm_train``,
+    whose channel sums are matrix-vector products (faster on XLA:CPU). ``norm`` uses it when
+    training on CPU; evaluation (``use_running_average``) is flax's. Returns ``x``'s shape in
+    ``dtype`` (default: ``x``, scale and bias promoted, as flax)."""
+
+    use_running_average: bool = False
+    axis_name: str | None = None
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+    dtype: Dtype = None
+    param_dtype: Dtype = jnp.float32
+    scale_init: Initializer = nn.initializers.ones
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if self.use_running_average:
+            raise ValueError("jaxvision BatchNorm is the training form; evaluate with "
+                             "flax.linen.BatchNorm(use_running_average=True) (layers.norm does).")
+        features = (x.shape[-1],)
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32),
+                                features)
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
+        scale = self.param("scale", self.scale_init, features, self.param_dtype)
+        bias = self.param("bias", self.bias_init, features, self.param_dtype)
+        y, mean, var = bn_ops.batch_norm_train(x, scale, bias, self.epsilon, self.axis_name)
+        if not self.is_initializing():
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+        return y.astype(nn.dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype))
 
 
 def resolve_dtype(dtype: Any) -> Any:

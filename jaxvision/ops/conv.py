@@ -27,7 +27,8 @@ job and every resume computes the same numbers. ``JAXVISION_CONV_GRAD`` sets the
 unset or 'auto' (the default) applies the measured rules on CPU and XLA's formulations on other
 backends (on CPU, a convolution too small to pay back a rewrite's compile time keeps XLA's:
 ``_MIN_FLOPS``, ``_MIN_FORWARD_FLOPS``); 'xla' is ``lax.conv_general_dilated`` everywhere, and
-``pool``'s pools are ``flax.linen``'s (what a plain Flax model gets); 'im2col' forces the
+``pool``'s pools and ``layers.norm``'s batch norm are ``flax.linen``'s (what a plain Flax model
+gets); 'im2col' forces the
 kernel-gradient rewrite and applies the forward rules at any size. Convolutions the rewrites do
 not cover (feature groups, input dilation, batch groups, layouts other than NHWC/HWIO,
 ``preferred_element_type``, 3-D, symbolic shapes as in ``jax.export``) are
@@ -224,8 +225,9 @@ def _setting() -> str:
 
 
 def xla_only(backend: str | None = None) -> bool:
-    """True where XLA's own formulations run everywhere (convolutions and ``pool``'s pooling):
-    under ``JAXVISION_CONV_GRAD=xla``, within ``as_lax()`` and off CPU."""
+    """True where XLA's own formulations run everywhere (convolutions, ``pool``'s pooling and
+    flax's batch norm in training, not ``ops.batch_norm``'s): under ``JAXVISION_CONV_GRAD=xla``,
+    within ``as_lax()`` and off CPU."""
     return (_AS_LAX.get() or _setting() == "xla"
             or (backend or jax.default_backend()) != "cpu")
 

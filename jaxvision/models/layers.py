@@ -109,8 +109,8 @@ def norm(
     """Returns a factory ``make(name, zero_init=False) -> layer`` for the norm called ``name``.
 
     ``batch``: BatchNorm over all but the last axis, running statistics in the ``batch_stats``
-    collection, updated only when ``train`` (in training on CPU ``BatchNorm`` below, else
-    ``flax.linen.BatchNorm``). ``layer``: LayerNorm over the channel (last) axis.
+    collection, updated only when ``train`` (``BatchNorm`` below when training on CPU and
+    ``ops.batch_norm.applies``, else ``flax.linen.BatchNorm``). ``layer``: LayerNorm over the channel (last) axis.
     ``none``: identity with no parameters. ``zero_init=True`` starts the scale at zero (used for
     the last norm of a residual branch). Call the factory inside a compact method.
     """
@@ -119,20 +119,24 @@ def norm(
     def make(layer_name: str, zero_init: bool = False) -> Callable[[Array], Array]:
         scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
         if kind == "batch":
-            # In training on CPU, the same layer with its sums as matrix-vector products
-            # (jaxvision.ops.batch_norm); same variables, so checkpoints do not depend on it.
-            cls = BatchNorm if train and not conv_ops.xla_only() else nn.BatchNorm
-            return cls(
-                use_running_average=not train,
-                # Under pmap, statistics over the global batch (as under jit); see replica.py.
-                axis_name=replica.cross_replica_axis() if train else None,
-                momentum=momentum,
-                epsilon=epsilon,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                scale_init=scale_init,
-                name=layer_name,
-            )
+            def batch_norm(x: Array) -> Array:
+                # In training on CPU, large layers are this module's BatchNorm, whose sums are
+                # matrix-vector products (jaxvision.ops.batch_norm); the variables are the
+                # same, so checkpoints do not depend on it.
+                cls = BatchNorm if train and bn_ops.applies(x.shape) else nn.BatchNorm
+                return cls(
+                    use_running_average=not train,
+                    # Under pmap, statistics over the global batch (as under jit); replica.py.
+                    axis_name=replica.cross_replica_axis() if train else None,
+                    momentum=momentum,
+                    epsilon=epsilon,
+                    dtype=dtype,
+                    param_dtype=param_dtype,
+                    scale_init=scale_init,
+                    name=layer_name,
+                )(x)
+
+            return batch_norm
         if kind == "layer":
             return nn.LayerNorm(
                 epsilon=epsilon,
@@ -160,8 +164,8 @@ class BatchNorm(nn.Module):
     """``flax.linen.BatchNorm`` in training, over the last axis: the same variables (params
     ``scale``, ``bias``; ``batch_stats`` ``mean``, ``var``), values, gradients and running
     averages up to float32 rounding, computed by ``jaxvision.ops.batch_norm.batch_norm_train``,
-    whose channel sums are matrix-vector products (faster on XLA:CPU). ``norm`` uses it when
-    training on CPU; evaluation (``use_running_average``) is flax's. Returns ``x``'s shape in
+    whose channel sums are matrix products (faster on XLA:CPU). ``norm`` uses it when training
+    on CPU (``batch_norm.applies``); evaluation (``use_running_average``) is flax's. Returns ``x``'s shape in
     ``dtype`` (default: ``x``, scale and bias promoted, as flax)."""
 
     use_running_average: bool = False

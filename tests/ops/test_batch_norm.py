@@ -181,6 +181,10 @@ def test_norm_trains_with_it_on_cpu_and_keeps_flax_elsewhere(monkeypatch):
     used = []
     orig = B.batch_norm_train
     monkeypatch.setattr(B, "batch_norm_train", lambda *a: used.append(1) or orig(*a))
+    monkeypatch.setattr(B, "MIN_ELEMENTS", x.size + 1)       # too small: flax's
+    Net(train=True).init(jax.random.key(0), x)
+    assert not used
+    monkeypatch.setattr(B, "MIN_ELEMENTS", x.size)
     flax_vars = nn.BatchNorm(use_running_average=False).init(jax.random.key(0), x)
     variables = Net(train=True).init(jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, variables["params"]["bn"]) == jax.tree.map(
@@ -197,3 +201,36 @@ def test_norm_trains_with_it_on_cpu_and_keeps_flax_elsewhere(monkeypatch):
     with pytest.raises(ValueError, match="use_running_average"):
         layers.BatchNorm(use_running_average=True).apply(
             {"params": variables["params"]["bn"], "batch_stats": variables["batch_stats"]["bn"]}, x)
+
+
+@pytest.mark.parametrize("name, kwargs, shape", [
+    ("resnet20", dict(num_classes=10), (4, 8, 8, 3)),
+    ("unet", dict(num_classes=3, widths=(4, 8)), (2, 16, 16, 3)),
+])
+def test_zoo_models_train_to_flax_gradients_and_statistics(monkeypatch, name, kwargs, shape):
+    from jaxvision import models
+    from jaxvision.models.segmentation import UNet
+    monkeypatch.setattr(B, "MIN_ELEMENTS", 0)
+    model = UNet(**kwargs) if name == "unet" else models.build_model(name, **kwargs)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+    calls = []
+    orig = B.batch_norm_train
+    monkeypatch.setattr(B, "batch_norm_train", lambda *a: calls.append(1) or orig(*a))
+
+    def step():
+        # A fresh function per setting: the batch norm is chosen when it is traced.
+        def loss(params):
+            out, state = model.apply({**variables, "params": params}, x, train=True,
+                                     mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(out)), state
+        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+
+    monkeypatch.setenv("JAXVISION_CONV_GRAD", "xla")
+    want = step()
+    assert not calls
+    monkeypatch.setenv("JAXVISION_CONV_GRAD", "auto")
+    got = step()
+    assert calls, f"{name}: no batch norm went through ops.batch_norm"
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)

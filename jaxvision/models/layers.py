@@ -121,7 +121,7 @@ def norm(
         if kind == "batch":
             def batch_norm(x: Array) -> Array:
                 # In training on CPU, large layers are this module's BatchNorm, whose sums are
-                # matrix-vector products (jaxvision.ops.batch_norm); the variables are the
+                # matrix products (jaxvision.ops.batch_norm); the variables are the
                 # same, so checkpoints do not depend on it.
                 cls = BatchNorm if train and bn_ops.applies(x.shape) else nn.BatchNorm
                 return cls(

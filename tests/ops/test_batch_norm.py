@@ -234,3 +234,16 @@ def test_zoo_models_train_to_flax_gradients_and_statistics(monkeypatch, name, kw
     assert calls, f"{name}: no batch norm went through ops.batch_norm"
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_sharded_jit_gives_the_single_device_values_and_gradients():
+    devices = jax.devices()
+    if len(devices) < 2:
+        pytest.skip("needs several (simulated) devices")
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    x, scale, bias, g = _data((len(devices) * 2, 3, 3, 4), seed=4, offset=1.0)
+    rows = NamedSharding(Mesh(np.array(devices), ("batch",)), P("batch"))
+    (_, (y, stats)), grads = _OURS(jax.device_put(x, rows), scale, bias, jax.device_put(g, rows))
+    (_, (y1, stats1)), grads1 = _OURS(x, scale, bias, g)
+    for a, b in zip(jax.tree.leaves((y, stats, grads)), jax.tree.leaves((y1, stats1, grads1))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -38,10 +38,12 @@ The input gradient is XLA's, except after the im2col forward (its transpose). Se
 derivatives go through the same functions (the custom VJP's backward is itself differentiable).
 
 Two XLA:CPU bugs in the input gradient are avoided by writing padding out first (a ``lax.pad``,
-then the convolution without it), under every setting including 'xla', for the convolutions
-this module handles (2-D, NHWC/HWIO, no groups; the rest go to lax unchanged): padding beyond
-the kernel's reach, and on CPU all the padding of a strided convolution
-(``_pads_strided_first``).
+then the convolution without it), under every setting including 'xla': padding beyond the
+kernel's reach, for the convolutions this module rewrites (2-D, NHWC/HWIO, no groups), and on
+CPU all the padding of a strided convolution (``_pads_strided_first``), for those, for every
+other 2-D layout and grouping that goes to lax, and for 3-D convolutions padded more below than
+above on some axis (not with input dilation, nor within ``as_lax()``; GC-Net's 'SAME' 3-D
+padding stays in the convolution: written out, it cost its step ~25%).
 
 ``conv_transpose`` (FCN, U-Net, DispNet, Mask R-CNN upsampling) is written as a stride-1
 convolution over the output's phases: as the input-dilated convolution that ``jax.vjp`` gives,
@@ -308,11 +310,11 @@ def _is_nhwc(lhs_shape, rhs_shape, dimension_numbers) -> bool:
 
 
 def _pads_strided_first(strides: Sequence[int], backend: str | None = None) -> bool:
-    """Whether a convolution of this module (2-D NHWC, no groups) with ``strides`` has all its
-    padding written out before it (a ``lax.pad``, then the convolution unpadded): on CPU when
-    a stride is above 1. XLA:CPU aborted the process while compiling the input gradient of some
-    strided, padded convolutions, e.g. 3x6 inputs, a 5x2 kernel, strides (3, 2) and padding
-    ((2, 0), (1, 1)); written out, none of the same random draws did (tests/ops/test_conv.py)."""
+    """Whether a convolution with ``strides`` has all its padding written out before it (a
+    ``lax.pad``, then the convolution unpadded): on CPU when a stride is above 1. XLA:CPU
+    aborted the process while compiling the input gradient of some strided, padded
+    convolutions, e.g. 3x6 inputs, a 5x2 kernel, strides (3, 2) and padding ((2, 0), (1, 1));
+    written out, none of the same random draws did (tests/ops/test_conv.py)."""
     return max(strides) > 1 and (backend or jax.default_backend()) == "cpu"
 
 
@@ -423,10 +425,37 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
             raise ValueError(f"conv forward must be one of {FORWARDS}, got {forward!r}.")
         plain = formulation == "xla" and forward == "xla"
     if plain:
+        # The XLA:CPU abort above, in the layouts, groupings and 3-D convolutions handed to lax
+        # as they are: 2-D always; 3-D when an axis pads more below than above (as an aborting
+        # case of the tests does), not 'SAME' padding (more above, if uneven), which GC-Net's
+        # convolutions have compiled with all along and which written out cost its step ~25%.
+        if (nd in (2, 3) and not _AS_LAX.get() and _pads_strided_first(strides)
+                and concrete(lhs.shape, rhs.shape)
+                and all(d == 1 for d in (lhs_dilation or (1,) * nd))):
+            lhs, padding = _write_padding_out(lhs, rhs, padding, strides, dilation,
+                                              dimension_numbers, low_heavy_only=nd == 3)
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         batch_group_count, precision, preferred_element_type)
     return _conv(lhs, rhs, strides, pads, dilation, precision, forward, formulation)
+
+
+def _write_padding_out(lhs, rhs, padding, strides, dilation, dimension_numbers,
+                       low_heavy_only: bool = False):
+    """(lhs with ``padding`` written out as a ``lax.pad`` of its spatial axes, the padding left
+    for the convolution: none), for any ``dimension_numbers`` lax accepts and any number of
+    spatial axes; ``lhs`` and ``padding`` unchanged when there is no padding, or with
+    ``low_heavy_only`` when no axis is padded more below than above."""
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    axes, k_axes = dn.lhs_spec[2:], dn.rhs_spec[2:]
+    pads = _pads(padding, [lhs.shape[a] for a in axes], [rhs.shape[a] for a in k_axes], strides,
+                 dilation)
+    if not any(lo or hi for lo, hi in pads) or (low_heavy_only and all(lo <= hi for lo, hi in pads)):
+        return lhs, padding
+    config = [(0, 0, 0)] * lhs.ndim
+    for a, (lo, hi) in zip(axes, pads):
+        config[a] = (lo, hi, 0)
+    return lax.pad(lhs, jnp.zeros((), lhs.dtype), config), ((0, 0),) * len(axes)
 
 
 

@@ -110,8 +110,8 @@ def norm(
 
     ``batch``: BatchNorm over all but the last axis, running statistics in the ``batch_stats``
     collection, updated only when ``train`` (``BatchNorm`` below when training on CPU and
-    ``ops.batch_norm.applies``, else ``flax.linen.BatchNorm``). ``layer``: LayerNorm over the channel (last) axis.
-    ``none``: identity with no parameters. ``zero_init=True`` starts the scale at zero (used for
+    ``ops.batch_norm.applies``, else ``flax.linen.BatchNorm``). ``layer``: LayerNorm over the
+    channel (last) axis. ``none``: identity with no parameters. ``zero_init=True`` starts the scale at zero (used for
     the last norm of a residual branch). Call the factory inside a compact method.
     """
     kind = _choose("norm", name, {n: n for n in NORMS})
@@ -165,8 +165,8 @@ class BatchNorm(nn.Module):
     ``scale``, ``bias``; ``batch_stats`` ``mean``, ``var``), values, gradients and running
     averages up to float32 rounding, computed by ``jaxvision.ops.batch_norm.batch_norm_train``,
     whose channel sums are matrix products (faster on XLA:CPU). ``norm`` uses it when training
-    on CPU (``batch_norm.applies``); evaluation (``use_running_average``) is flax's. Returns ``x``'s shape in
-    ``dtype`` (default: ``x``, scale and bias promoted, as flax)."""
+    on CPU (``batch_norm.applies``); evaluation (``use_running_average``) is flax's. Returns
+    ``x``'s shape in ``dtype`` (default: ``x``, scale and bias promoted, as flax)."""
 
     use_running_average: bool = False
     axis_name: str | None = None

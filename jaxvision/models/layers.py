@@ -111,8 +111,9 @@ def norm(
     ``batch``: BatchNorm over all but the last axis, running statistics in the ``batch_stats``
     collection, updated only when ``train`` (``BatchNorm`` below when training on CPU and
     ``ops.batch_norm.applies``, else ``flax.linen.BatchNorm``). ``layer``: LayerNorm over the
-    channel (last) axis. ``none``: identity with no parameters. ``zero_init=True`` starts the scale at zero (used for
-    the last norm of a residual branch). Call the factory inside a compact method.
+    channel (last) axis. ``none``: identity with no parameters. ``zero_init=True`` starts the
+    scale at zero (used for the last norm of a residual branch). Call the factory inside a
+    compact method.
     """
     kind = _choose("norm", name, {n: n for n in NORMS})
 

@@ -450,7 +450,8 @@ def _write_padding_out(lhs, rhs, padding, strides, dilation, dimension_numbers,
     axes, k_axes = dn.lhs_spec[2:], dn.rhs_spec[2:]
     pads = _pads(padding, [lhs.shape[a] for a in axes], [rhs.shape[a] for a in k_axes], strides,
                  dilation)
-    if not any(lo or hi for lo, hi in pads) or (low_heavy_only and all(lo <= hi for lo, hi in pads)):
+    if (not any(lo or hi for lo, hi in pads)
+            or (low_heavy_only and all(lo <= hi for lo, hi in pads))):
         return lhs, padding
     config = [(0, 0, 0)] * lhs.ndim
     for a, (lo, hi) in zip(axes, pads):

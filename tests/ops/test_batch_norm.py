@@ -31,21 +31,19 @@ def _loss(y, stats, g):
             + jnp.sum(stats["var"] * g.reshape(-1)[c:2 * c]))
 
 
-def _flax_loss(x, scale, bias, g, axis_name=None):
-    """``_loss`` through flax's BatchNorm in training, and (y, its new running statistics)."""
-    bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5, axis_name=axis_name)
-    variables = {"params": {"scale": scale, "bias": bias},
-                 "batch_stats": {"mean": jnp.zeros(x.shape[-1]), "var": jnp.ones(x.shape[-1])}}
-    y, state = bn.apply(variables, x, mutable=["batch_stats"])
-    return _loss(y, state["batch_stats"], g), (y, state["batch_stats"])
+def _bn_loss(cls):
+    """``_loss`` through batch norm ``cls`` in training, with (y, its new running statistics)."""
+    def loss(x, scale, bias, g, axis_name=None):
+        bn = cls(use_running_average=False, momentum=0.9, epsilon=1e-5, axis_name=axis_name)
+        variables = {"params": {"scale": scale, "bias": bias},
+                     "batch_stats": {"mean": jnp.zeros(x.shape[-1]), "var": jnp.ones(x.shape[-1])}}
+        y, state = bn.apply(variables, x, mutable=["batch_stats"])
+        return _loss(y, state["batch_stats"], g), (y, state["batch_stats"])
+    return loss
 
 
-def _our_loss(x, scale, bias, g, axis_name=None):
-    bn = layers.BatchNorm(momentum=0.9, epsilon=1e-5, axis_name=axis_name)
-    variables = {"params": {"scale": scale, "bias": bias},
-                 "batch_stats": {"mean": jnp.zeros(x.shape[-1]), "var": jnp.ones(x.shape[-1])}}
-    y, state = bn.apply(variables, x, mutable=["batch_stats"])
-    return _loss(y, state["batch_stats"], g), (y, state["batch_stats"])
+_flax_loss = _bn_loss(nn.BatchNorm)
+_our_loss = _bn_loss(layers.BatchNorm)
 
 
 def _grads(loss):

@@ -45,6 +45,13 @@ other 2-D layout and grouping that goes to lax, and for 3-D convolutions padded 
 above on some axis (not with input dilation, nor within ``as_lax()``; GC-Net's 'SAME' 3-D
 padding stays in the convolution: written out, it cost its step ~25%).
 
+On CPU (not under 'xla' nor within ``as_lax()``), a 2-D convolution of at least
+``MIN_MATERIALIZED_ELEMENTS`` input elements also has its input and its output's cotangent
+computed into buffers of their own, by a division by a 1 that XLA cannot fold (same values
+and derivatives, forward mode included): otherwise XLA:CPU recomputes the whole elementwise
+chain behind each (batch norms, ReLUs, residual adds) inside the transposes that its kernel
+gradient reads, which took ~30% of a ResNet-20 step.
+
 ``conv_transpose`` (FCN, U-Net, DispNet, Mask R-CNN upsampling) is written as a stride-1
 convolution over the output's phases: as the input-dilated convolution that ``jax.vjp`` gives,
 its forward and backward pass took 3-12x as long on XLA:CPU (``benchmarks/conv_transpose.py``).
@@ -376,6 +383,61 @@ def _conv_bwd(strides, pads, dilation, precision, forward, kernel_grad, res, dy)
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+# XLA:CPU computes a convolution's kernel gradient as a convolution of the input transposed to
+# (C, H, W, N) with the output's cotangent transposed to (H, W, N, O), and its fusion pass
+# recomputes inside those transposes the whole elementwise chain that produced each of them
+# (batch norms, ReLUs and residual adds of earlier layers), reading every source tensor across
+# the batch stride: 170-190 ms of a 620 ms ResNet-20 step at batch 128, against ~2.3 ms for a
+# plain transpose of one such tensor. XLA duplicates cheap elementwise ops into each consumer
+# but not a division, so dividing by a 1 it cannot fold makes the chain run once into a buffer
+# that the convolution and the transposes share (``_materialized``). ResNet-20's step: 564-617 ->
+# 459-476 ms; U-Net 521-606 -> 441-484, ResNet-18 3.47-3.60 -> 3.04-3.11 s; LeNet-5's small
+# layers lost 10%, hence the size floor (benchmarks/NOTES.md, "Materialized convolution inputs").
+MIN_MATERIALIZED_ELEMENTS = 2**18
+
+
+def _run_time_one(w: jax.Array, dtype: Any) -> jax.Array:
+    """A scalar 1 of ``dtype`` that XLA cannot fold to a constant: ``1 + 0 * w[0, ...]`` (to XLA,
+    ``0 * w`` is not 0, since ``w`` may be inf or NaN; then so is every output, as the loss
+    would be anyway). The two functions below ignore its tangent: no gradient reaches ``w``."""
+    return (1 + 0 * w[(0,) * w.ndim]).astype(dtype)
+
+
+@jax.custom_jvp
+def _materialized_input(x: jax.Array, one: jax.Array) -> jax.Array:
+    """``x / one`` (exactly ``x``) computed once into its own buffer; tangents and cotangents pass
+    through unchanged (``one`` is 1 and gets none)."""
+    return x / one
+
+
+@_materialized_input.defjvp
+def _materialized_input_jvp(primals, tangents):
+    x, one = primals
+    return x / one, tangents[0]
+
+
+@jax.custom_jvp
+def _materialized_cotangent(y: jax.Array, one: jax.Array) -> jax.Array:
+    """``y`` unchanged, its tangent (and so its cotangent, the transpose) divided by ``one``."""
+    return y
+
+
+@_materialized_cotangent.defjvp
+def _materialized_cotangent_jvp(primals, tangents):
+    y, one = primals
+    return y, tangents[0] / one
+
+
+def _materializes(lhs, rhs, feature_group_count: int, batch_group_count: int) -> bool:
+    """Whether ``conv_general_dilated`` materializes this convolution's input and output
+    cotangent: a 2-D floating-point convolution without groups on CPU, outside
+    ``JAXVISION_CONV_GRAD=xla`` and ``as_lax()``, with concrete shapes and at least
+    ``MIN_MATERIALIZED_ELEMENTS`` input elements."""
+    return (lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
+            and jnp.issubdtype(lhs.dtype, jnp.floating) and concrete(lhs.shape, rhs.shape)
+            and math.prod(lhs.shape) >= MIN_MATERIALIZED_ELEMENTS and not xla_only())
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None, *,
@@ -384,7 +446,22 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     ``choose`` (kernel gradient; ``formulation`` overrides) and ``choose_forward`` (``forward``
     overrides); see the module docstring. Cases outside NHWC/HWIO, feature or batch groups,
     input dilation and ``preferred_element_type`` are passed to ``lax.conv_general_dilated``
-    unchanged."""
+    unchanged. On CPU, a large enough 2-D convolution's input and output cotangent are computed
+    into buffers of their own first (``_materializes``; same values)."""
+    args = (window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type)
+    if _materializes(lhs, rhs, feature_group_count, batch_group_count):
+        one = _run_time_one(rhs, lhs.dtype)
+        y = _conv_general_dilated(_materialized_input(lhs, one), rhs, *args,
+                                  formulation=formulation, forward=forward)
+        return _materialized_cotangent(y, one.astype(y.dtype))
+    return _conv_general_dilated(lhs, rhs, *args, formulation=formulation, forward=forward)
+
+
+def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                          dimension_numbers, feature_group_count, batch_group_count, precision,
+                          preferred_element_type, *, formulation: str | None,
+                          forward: str | None):
     nd = lhs.ndim - 2
     strides = tuple(int(s) for s in window_strides)
     dilation = tuple(int(d) for d in (rhs_dilation or (1,) * nd))

@@ -264,12 +264,60 @@ def test_zoo_model_gradients_equal_the_plain_convolution_version(monkeypatch, na
     want = grads()
     assert not calls
     monkeypatch.setenv("JAXVISION_CONV_GRAD", "im2col")
+    # The materialized inputs and cotangents too, which these small inputs are otherwise below.
+    monkeypatch.setattr(C, "MIN_MATERIALIZED_ELEMENTS", 0)
+    materialized = []
+    materializes = C._materializes
+    monkeypatch.setattr(C, "_materializes",
+                        lambda *a: materializes(*a) and not materialized.append(1))
     got = grads()
+    assert materialized, f"{name}: no convolution input was materialized"
     # flax.linen.Conv passes ConvDimensionNumbers, not strings: the rewrite must still run.
     assert calls, f"{name}: no convolution took the im2col kernel gradient"
     assert bool(forwards) == (name == "vgg11"), "the im2col forward is for tiny maps only"
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         _close(a, b, rtol=1e-4)
+
+
+def test_materialized_input_and_cotangent_change_no_value_or_derivative(monkeypatch):
+    """A convolution's input computed into a buffer of its own (``x / one``, one a run-time 1)
+    and its output's cotangent likewise: lax's values, gradients, forward-mode derivatives,
+    second derivatives and vmap."""
+    monkeypatch.delenv("JAXVISION_CONV_GRAD", raising=False)
+    r = np.random.default_rng(3)
+    x = jnp.asarray(r.standard_normal((2, 7, 6, 3)), jnp.float32)
+    k = jnp.asarray(r.standard_normal((3, 3, 3, 4)), jnp.float32)
+    g = jnp.asarray(r.standard_normal((2, 4, 3, 4)), jnp.float32)
+    args = ((2, 2), ((1, 1), (1, 1)), (1, 1))
+    ours, plain = _loss(C.conv_general_dilated, *args), _loss(lax.conv_general_dilated, *args)
+    assert not C._materializes(x, k, 1, 1)          # 252 elements: below the floor
+    monkeypatch.setattr(C, "MIN_MATERIALIZED_ELEMENTS", 0)
+    assert C._materializes(x, k, 1, 1)
+    assert not C._materializes(x, k, 3, 1) and not C._materializes(x.astype(jnp.int32), k, 1, 1)
+    assert not C._materializes(x[..., None], k[..., None], 1, 1)      # 3-D
+    with C.as_lax():
+        assert not C._materializes(x, k, 1, 1)
+    jaxpr = str(jax.make_jaxpr(jax.grad(ours, argnums=(0, 1)))(x, k, g))
+    assert jaxpr.count(" div ") >= 2, "the input and the cotangent are divided by the one"
+
+    _close(jax.jit(ours)(x, k, g), plain(x, k, g))
+    for a, b in zip(jax.jit(jax.grad(ours, argnums=(0, 1)))(x, k, g),
+                    jax.grad(plain, argnums=(0, 1))(x, k, g), strict=True):
+        _close(a, b)
+    tx, tk = jnp.ones_like(x), jnp.asarray(r.standard_normal(k.shape), jnp.float32)
+    _close(jax.jvp(lambda x, k: ours(x, k, g), (x, k), (tx, tk))[1],
+           jax.jvp(lambda x, k: plain(x, k, g), (x, k), (tx, tk))[1])
+    second = [jax.grad(lambda k_: jnp.sum(jax.grad(f, argnums=0)(x, k_, g) ** 2))(k)
+              for f in (ours, plain)]
+    _close(*second, rtol=1e-4)
+    hess = [jax.hessian(lambda a: f(x, k.at[0, 0, 0].set(a), g) ** 2)(k[0, 0, 0])
+            for f in (ours, plain)]
+    _close(*hess, rtol=1e-4)
+    ks = jnp.stack([k, -2 * k])
+    _close(jax.vmap(lambda k_: jax.grad(ours, argnums=0)(x, k_, g))(ks),
+           jax.vmap(lambda k_: jax.grad(plain, argnums=0)(x, k_, g))(ks))
+    monkeypatch.setenv("JAXVISION_CONV_GRAD", "xla")
+    assert not C._materializes(x, k, 1, 1)
 
 
 @pytest.mark.parametrize("shape, kernel, strides", [

@@ -29,6 +29,10 @@ peak resident memory. With ``torch`` importable (not a dependency; install it be
 (``benchmarks/_torch_models.py``; ``--torch-python PY`` runs them with another interpreter that
 has torch, right after the JAX rounds of the same model) and prints ``project+conv``'s ratio
 to it.
+
+``--ablate-materialize`` also times ``project+conv`` without the materialized convolution inputs
+and cotangents (``jaxvision.ops.conv.MIN_MATERIALIZED_ELEMENTS`` out of reach while tracing),
+interleaved with the four, and prints ``project+conv``'s ratio to it.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxvision.config import get_config  # noqa: E402
+from jaxvision.ops import conv as conv_ops  # noqa: E402
 from jaxvision.data.source import SourceInfo  # noqa: E402
 from jaxvision.experiment import resolve_experiment  # noqa: E402
 from jaxvision.optim import make_optimizer  # noqa: E402
@@ -73,6 +78,7 @@ CASES = {
              (64, 64, 3), 16, 3),
 }
 KINDS = ("plain", "plain+conv", "project", "project+conv")
+NO_MATERIALIZE = "project+conv, not materialized"
 
 
 def _config(case: str):
@@ -139,7 +145,7 @@ def _setup(case: str, kinds: tuple[str, ...] = KINDS, fresh: bool = False) -> di
     strategy = Strategy("jit")
     out = {"batch_size": batch_size}
     for kind in kinds:
-        os.environ["JAXVISION_CONV_GRAD"] = "auto" if kind.endswith("+conv") else "xla"
+        os.environ["JAXVISION_CONV_GRAD"] = "auto" if "+conv" in kind else "xla"
         copy = jax.tree.map(np.copy, variables)
         if kind.startswith("plain"):
             params = copy["params"]
@@ -164,8 +170,14 @@ def _setup(case: str, kinds: tuple[str, ...] = KINDS, fresh: bool = False) -> di
                 jax.block_until_ready((args[0], metrics))
         if fresh:
             jax.clear_caches()
+        floor = conv_ops.MIN_MATERIALIZED_ELEMENTS
+        if kind == NO_MATERIALIZE:
+            conv_ops.MIN_MATERIALIZED_ELEMENTS = 2**62
         t0 = time.perf_counter()
-        run()   # traced here, under this kind's convolution setting
+        try:
+            run()   # traced here, under this kind's convolution setting
+        finally:
+            conv_ops.MIN_MATERIALIZED_ELEMENTS = floor
         out[kind] = {"run": run, "compile_s": time.perf_counter() - t0, "ms": []}
     os.environ.pop("JAXVISION_CONV_GRAD")
     return out
@@ -245,6 +257,8 @@ def main() -> None:
     p.add_argument("--compile-rounds", type=int, default=3,
                    help="from-scratch compiles per kind whose median is reported (0: the one "
                         "compile of the timed steps)")
+    p.add_argument("--ablate-materialize", action="store_true",
+                   help="also time project+conv without materialized convolution inputs")
     p.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.plain_only:
@@ -258,10 +272,11 @@ def main() -> None:
     rows = []
     for case in a.models:
         compile_s = _compile_s(case, a.compile_rounds) if a.compile_rounds > 0 else None
-        s = _setup(case)
+        kinds = KINDS + ((NO_MATERIALIZE,) if a.ablate_materialize else ())
+        s = _setup(case, kinds)
         compile_s = compile_s or {k: s[k]["compile_s"] for k in KINDS}
-        _time(s, KINDS, a.rounds, a.steps)
-        ips = {k: s["batch_size"] / (statistics.median(s[k]["ms"]) / 1000) for k in KINDS}
+        _time(s, kinds, a.rounds, a.steps)
+        ips = {k: s["batch_size"] / (statistics.median(s[k]["ms"]) / 1000) for k in kinds}
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         row = (f"| {case} | {s['batch_size']} | " + " | ".join(f"{ips[k]:,.0f}" for k in KINDS)
                + f" | {ips['plain+conv'] / ips['plain']:.2f}x | {ips['project'] / ips['plain']:.2f}x"
@@ -269,6 +284,9 @@ def main() -> None:
                + " / ".join(f"{compile_s[k]:.1f}" for k in KINDS)
                + f" | {compile_s['plain+conv'] / compile_s['plain']:.2f}x, "
                f"{compile_s['project+conv'] / compile_s['project']:.2f}x | {rss:.1f} |")
+        if a.ablate_materialize:
+            row += (f" not materialized {ips[NO_MATERIALIZE]:,.0f} img/s, project+conv / it "
+                    f"{ips['project+conv'] / ips[NO_MATERIALIZE]:.2f}x |")
         if a.plain_ynn:
             ynn = s["batch_size"] / (_plain_ynn_ms(case, a.steps, a.rounds) / 1000)
             row += f" plain (YNNPACK on) {ynn:,.0f} img/s, project+conv / it {ips['project+conv'] / ynn:.2f}x |"

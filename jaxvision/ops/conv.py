@@ -387,12 +387,14 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 # (C, H, W, N) with the output's cotangent transposed to (H, W, N, O), and its fusion pass
 # recomputes inside those transposes the whole elementwise chain that produced each of them
 # (batch norms, ReLUs and residual adds of earlier layers), reading every source tensor across
-# the batch stride: 170-190 ms of a 620 ms ResNet-20 step at batch 128, against ~2.3 ms for a
+# the batch stride: 173-187 ms of a ~700 ms ResNet-20 step at batch 128, against ~2.3 ms for a
 # plain transpose of one such tensor. XLA duplicates cheap elementwise ops into each consumer
 # but not a division, so dividing by a 1 it cannot fold makes the chain run once into a buffer
-# that the convolution and the transposes share (``_materialized``). ResNet-20's step: 564-617 ->
-# 459-476 ms; U-Net 521-606 -> 441-484, ResNet-18 3.47-3.60 -> 3.04-3.11 s; LeNet-5's small
-# layers lost 10%, hence the size floor (benchmarks/NOTES.md, "Materialized convolution inputs").
+# that the convolution and the transposes share (``_materialized_input``,
+# ``_materialized_cotangent``). The step with it against without, interleaved in one process
+# (benchmarks/train_step.py --ablate-materialize): ResNet-20 1.19x, ResNet-18 1.18x, U-Net
+# 1.00-1.04x, the small CNN 0.97x; LeNet-5's small layers lost 10%, hence the size floor
+# (benchmarks/NOTES.md, "Materialized convolution inputs").
 MIN_MATERIALIZED_ELEMENTS = 2**18
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
@@ -252,7 +253,8 @@ def _npz_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                 major, _ = np.lib.format.read_magic(f)
                 read = (np.lib.format.read_array_header_1_0 if major == 1
                         else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = read(f)
+                with _NP_LOAD:
+                    shape, _, dtype = read(f)
             out[member[:-4]] = (tuple(shape), np.dtype(dtype))
     return out
 
@@ -277,6 +279,12 @@ def _top(array: np.ndarray) -> float | None:
         array = array[np.isfinite(array)]
     return float(array.max()) if array.size else None
 
+
+# np.load parses each array's header with ast.literal_eval, and CPython 3.11's AST constructor
+# keeps its recursion depth per interpreter, not per thread: two threads parsing at once can
+# fail with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905; it
+# failed this project's CI once, in grain's threads). Loads from these files take turns.
+_NP_LOAD = threading.Lock()
 
 @contextlib.contextmanager
 def _npz_errors(path: Path) -> Iterator[None]:
@@ -342,7 +350,7 @@ class NpzSource(_FileSource):
                                 "(N, H, W) or (N, H, W, C) with C in 1, 3, 4 (alpha is dropped).")
         self._n = next(counts[n] for n, k in self._names.items() if k == "image")
         present = set(self._names.values())
-        with _npz_errors(path), np.load(path, allow_pickle=False) as npz:
+        with _NP_LOAD, _npz_errors(path), np.load(path, allow_pickle=False) as npz:
             names = tuple(str(c) for c in npz["class_names"]) if "class_names" in shapes else ()
 
             def count(key: str) -> int | None:
@@ -399,8 +407,10 @@ class NpzSource(_FileSource):
         if index in self._bad:
             raise BadFile(self._path, self._bad[index])
         if self._arrays is None:
-            with _npz_errors(self._path), np.load(self._path, allow_pickle=False) as npz:
-                self._arrays = {key: npz[name] for name, key in self._names.items()}
+            with _NP_LOAD:
+                if self._arrays is None:   # another thread may have loaded them meanwhile
+                    with _npz_errors(self._path), np.load(self._path, allow_pickle=False) as npz:
+                        self._arrays = {key: npz[name] for name, key in self._names.items()}
         ex = {}
         for key, array in self._arrays.items():
             value = np.asarray(array[index], SPEC[key][1])
@@ -552,7 +562,7 @@ def _find_scene(folder: Path) -> _Scene | None:
 def _read_disparity(path: Path, scale: float | None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Returns (H, W) float32 disparity in pixels, unknown pixels = INVALID_DISPARITY."""
     if scale is None:
-        with _reading(path):
+        with _reading(path), _NP_LOAD:
             d = np.asarray(np.load(path, allow_pickle=False), np.float32)
         if d.ndim == 3 and d.shape[-1] == 1:
             d = d[..., 0]

@@ -78,6 +78,49 @@ def test_npz_layout_a(tmp_path):
     np.testing.assert_array_equal(clone[4]["image"], train[4]["image"])
 
 
+
+def test_npz_first_reads_from_many_threads_load_the_file_once(tmp_path, monkeypatch):
+    """grain reads with threads: the first examples read at once load the arrays one time, and
+    np.load's header parsing (ast, not thread-safe in CPython 3.11) runs in one thread at a
+    time."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jaxvision.data import local
+
+    x = np.random.default_rng(1).integers(0, 256, (16, 4, 4, 3), dtype=np.uint8)
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=x, y_train=np.arange(16) % 3)
+    # Pickled, as grain hands sources to its workers: the arrays load on the first read.
+    source = pickle.loads(pickle.dumps(build_source(_cfg("npz", path), "train")))
+    loads, inside, most = [], [0], [0]
+    guard = threading.Lock()
+    real_load = np.load
+
+    def load(*a, **k):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        loads.append(1)
+        try:
+            return real_load(*a, **k)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(local.np, "load", load)
+    start = threading.Barrier(8)
+
+    def read(i):
+        start.wait()
+        return source[i]["image"]
+
+    with ThreadPoolExecutor(8) as pool:
+        images = list(pool.map(read, range(8)))
+    assert len(loads) == 1 and most[0] == 1
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(image, x[i])
+
 def test_npz_layout_b_and_errors(tmp_path):
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (4, 5, 6, 3), dtype=np.uint8)

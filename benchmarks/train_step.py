@@ -54,9 +54,9 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxvision.config import get_config  # noqa: E402
-from jaxvision.ops import conv as conv_ops  # noqa: E402
 from jaxvision.data.source import SourceInfo  # noqa: E402
 from jaxvision.experiment import resolve_experiment  # noqa: E402
+from jaxvision.ops import conv as conv_ops  # noqa: E402
 from jaxvision.optim import make_optimizer  # noqa: E402
 from jaxvision.train import state as state_lib  # noqa: E402
 from jaxvision.train.parallel import Strategy  # noqa: E402

@@ -242,6 +242,13 @@ _NPZ_LAYOUT = ("an .npz file with x_<split> / y_<split> arrays (images (N,H,W[,C
                "or <split>_<key> arrays (train_image, train_label, train_mask, ...)")
 
 
+# np.load parses each array's header with ast.literal_eval, and CPython 3.11's AST constructor
+# keeps its recursion depth per interpreter, not per thread: two threads parsing at once can
+# fail with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905; it
+# failed this project's CI once, in grain's threads). Loads from these files take turns.
+_NP_LOAD = threading.Lock()
+
+
 def _npz_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Returns ``{name: (shape, dtype)}`` of every array in the .npz, reading headers only."""
     out = {}
@@ -279,12 +286,6 @@ def _top(array: np.ndarray) -> float | None:
         array = array[np.isfinite(array)]
     return float(array.max()) if array.size else None
 
-
-# np.load parses each array's header with ast.literal_eval, and CPython 3.11's AST constructor
-# keeps its recursion depth per interpreter, not per thread: two threads parsing at once can
-# fail with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905; it
-# failed this project's CI once, in grain's threads). Loads from these files take turns.
-_NP_LOAD = threading.Lock()
 
 @contextlib.contextmanager
 def _npz_errors(path: Path) -> Iterator[None]:

@@ -47,8 +47,7 @@ def applies(shape: Sequence[Any], backend: str | None = None) -> bool:
     """Whether ``layers.norm`` trains a batch norm of input ``shape`` with
     ``batch_norm_train``: on CPU (outside ``JAXVISION_CONV_GRAD=xla`` and ``conv.as_lax()``,
     ``conv.xla_only``), for static shapes of at least ``MIN_ELEMENTS`` elements."""
-    return (not conv_ops.xla_only(backend) and conv_ops.concrete(shape)
-            and math.prod(shape) >= MIN_ELEMENTS)
+    return conv_ops.cpu_rewrite(shape, MIN_ELEMENTS, backend)
 
 
 def _channel_sums(*arrays: jax.Array) -> jax.Array:

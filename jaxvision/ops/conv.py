@@ -225,6 +225,14 @@ def concrete(*shapes: Sequence[Any]) -> bool:
     return all(isinstance(d, int) for shape in shapes for d in shape)
 
 
+def cpu_rewrite(shape: Sequence[Any], min_elements: int, backend: str | None = None) -> bool:
+    """Whether one of this project's CPU rewrites (materialized convolution inputs,
+    ``pool``'s backward pass, ``batch_norm``'s products) applies to an array of ``shape``: XLA's
+    formulations are not in force (``xla_only``), every dimension is concrete, and it has at
+    least ``min_elements`` elements (a smaller one would not pay back the compile time)."""
+    return not xla_only(backend) and concrete(shape) and math.prod(shape) >= min_elements
+
+
 def _setting() -> str:
     setting = os.environ.get("JAXVISION_CONV_GRAD", "") or "auto"
     if setting not in SETTINGS:
@@ -436,8 +444,8 @@ def _materializes(lhs, rhs, feature_group_count: int, batch_group_count: int) ->
     ``JAXVISION_CONV_GRAD=xla`` and ``as_lax()``, with concrete shapes and at least
     ``MIN_MATERIALIZED_ELEMENTS`` input elements."""
     return (lhs.ndim == 4 and feature_group_count == 1 and batch_group_count == 1
-            and jnp.issubdtype(lhs.dtype, jnp.floating) and concrete(lhs.shape, rhs.shape)
-            and math.prod(lhs.shape) >= MIN_MATERIALIZED_ELEMENTS and not xla_only())
+            and jnp.issubdtype(lhs.dtype, jnp.floating) and concrete(rhs.shape)
+            and cpu_rewrite(lhs.shape, MIN_MATERIALIZED_ELEMENTS))
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,

@@ -58,9 +58,8 @@ def _pads(padding: Padding, spatial: Sequence[int], window: Sequence[int],
 
 def _rewrite(inputs: jax.Array, window: Sequence[int]) -> bool:
     # Symbolic shapes (``jax.export``'s batch 'b') stay flax's: their size has no fixed order.
-    return (conv_ops.concrete(inputs.shape) and not conv_ops.xla_only() and inputs.ndim == len(window) + 2
-            and jnp.issubdtype(inputs.dtype, jnp.floating)
-            and math.prod(inputs.shape) >= _MIN_ELEMENTS)
+    return (inputs.ndim == len(window) + 2 and jnp.issubdtype(inputs.dtype, jnp.floating)
+            and conv_ops.cpu_rewrite(inputs.shape, _MIN_ELEMENTS))
 
 
 def _strided_views(xp: jax.Array, window, strides, out_sp) -> list[tuple[tuple[int, ...], jax.Array]]:

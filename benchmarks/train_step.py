@@ -30,9 +30,12 @@ peak resident memory. With ``torch`` importable (not a dependency; install it be
 has torch, right after the JAX rounds of the same model) and prints ``project+conv``'s ratio
 to it.
 
-``--ablate-materialize`` also times ``project+conv`` without the materialized convolution inputs
-and cotangents (``jaxvision.ops.conv.MIN_MATERIALIZED_ELEMENTS`` out of reach while tracing),
-interleaved with the four, and prints ``project+conv``'s ratio to it.
+``--ablate NAME...`` also times ``project+conv`` without one of its CPU rewrites, its floor
+out of reach while tracing, interleaved with the four, and prints ``project+conv``'s ratio to
+it: ``materialize``, the materialized convolution inputs and cotangents
+(``jaxvision.ops.conv.MIN_MATERIALIZED_ELEMENTS``); ``bias``, the bias gradients as matrix
+products (``jaxvision.ops.bias.MIN_ELEMENTS``). ``--ablate-materialize`` is ``--ablate
+materialize``.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jaxvision.config import get_config  # noqa: E402
 from jaxvision.data.source import SourceInfo  # noqa: E402
 from jaxvision.experiment import resolve_experiment  # noqa: E402
+from jaxvision.ops import bias as bias_ops  # noqa: E402
 from jaxvision.ops import conv as conv_ops  # noqa: E402
 from jaxvision.optim import make_optimizer  # noqa: E402
 from jaxvision.train import state as state_lib  # noqa: E402
@@ -78,7 +82,10 @@ CASES = {
              (64, 64, 3), 16, 3),
 }
 KINDS = ("plain", "plain+conv", "project", "project+conv")
-NO_MATERIALIZE = "project+conv, not materialized"
+# --ablate's kinds: (the kind's name, the module and the floor it puts out of reach).
+ABLATIONS = {"materialize": ("project+conv, not materialized", conv_ops,
+                             "MIN_MATERIALIZED_ELEMENTS"),
+             "bias": ("project+conv, XLA's bias gradients", bias_ops, "MIN_ELEMENTS")}
 
 
 def _config(case: str):
@@ -170,14 +177,16 @@ def _setup(case: str, kinds: tuple[str, ...] = KINDS, fresh: bool = False) -> di
                 jax.block_until_ready((args[0], metrics))
         if fresh:
             jax.clear_caches()
-        floor = conv_ops.MIN_MATERIALIZED_ELEMENTS
-        if kind == NO_MATERIALIZE:
-            conv_ops.MIN_MATERIALIZED_ELEMENTS = 2**62
+        ablated = [(m, attr, getattr(m, attr)) for name, m, attr in ABLATIONS.values()
+                   if name == kind]
+        for m, attr, _ in ablated:
+            setattr(m, attr, 2**62)
         t0 = time.perf_counter()
         try:
             run()   # traced here, under this kind's convolution setting
         finally:
-            conv_ops.MIN_MATERIALIZED_ELEMENTS = floor
+            for m, attr, floor in ablated:
+                setattr(m, attr, floor)
         out[kind] = {"run": run, "compile_s": time.perf_counter() - t0, "ms": []}
     os.environ.pop("JAXVISION_CONV_GRAD")
     return out
@@ -257,10 +266,13 @@ def main() -> None:
     p.add_argument("--compile-rounds", type=int, default=3,
                    help="from-scratch compiles per kind whose median is reported (0: the one "
                         "compile of the timed steps)")
-    p.add_argument("--ablate-materialize", action="store_true",
-                   help="also time project+conv without materialized convolution inputs")
+    p.add_argument("--ablate", nargs="+", default=[], choices=list(ABLATIONS),
+                   help="also time project+conv without these CPU rewrites")
+    p.add_argument("--ablate-materialize", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
+    names = a.ablate + ["materialize"] * a.ablate_materialize
+    ablate = [ABLATIONS[n][0] for n in dict.fromkeys(names)]
     if a.plain_only:
         _time_plain_only(a.models[0], a.steps, a.rounds)
         return
@@ -272,7 +284,7 @@ def main() -> None:
     rows = []
     for case in a.models:
         compile_s = _compile_s(case, a.compile_rounds) if a.compile_rounds > 0 else None
-        kinds = KINDS + ((NO_MATERIALIZE,) if a.ablate_materialize else ())
+        kinds = KINDS + tuple(ablate)
         s = _setup(case, kinds)
         compile_s = compile_s or {k: s[k]["compile_s"] for k in KINDS}
         _time(s, kinds, a.rounds, a.steps)
@@ -284,9 +296,9 @@ def main() -> None:
                + " / ".join(f"{compile_s[k]:.1f}" for k in KINDS)
                + f" | {compile_s['plain+conv'] / compile_s['plain']:.2f}x, "
                f"{compile_s['project+conv'] / compile_s['project']:.2f}x | {rss:.1f} |")
-        if a.ablate_materialize:
-            row += (f" not materialized {ips[NO_MATERIALIZE]:,.0f} img/s, project+conv / it "
-                    f"{ips['project+conv'] / ips[NO_MATERIALIZE]:.2f}x |")
+        for kind in ablate:
+            row += (f" {kind.removeprefix('project+conv, ')} {ips[kind]:,.0f} img/s, "
+                    f"project+conv / it {ips['project+conv'] / ips[kind]:.2f}x |")
         if a.plain_ynn:
             ynn = s["batch_size"] / (_plain_ynn_ms(case, a.steps, a.rounds) / 1000)
             row += f" plain (YNNPACK on) {ynn:,.0f} img/s, project+conv / it {ips['project+conv'] / ynn:.2f}x |"

@@ -6,6 +6,7 @@ Every choice a config can make is a string resolved here, so an experiment confi
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -15,6 +16,7 @@ import flax.linen as nn
 
 from jaxvision import replica
 from jaxvision.ops import batch_norm as bn_ops
+from jaxvision.ops import bias as bias_ops
 from jaxvision.ops import conv as conv_ops
 
 Array = jax.Array
@@ -278,11 +280,31 @@ def dense(
     )
 
 
-def Conv(*args: Any, **kwargs: Any) -> nn.Conv:  # noqa: N802 (stands in for the class)
-    """``flax.linen.Conv(*args, **kwargs)`` computed by ``jaxvision.ops.conv`` (its CPU
-    formulations; same parameters, so checkpoints do not depend on it). Every model's
-    convolution is built through this or ``conv``."""
-    return nn.Conv(*args, conv_general_dilated=conv_ops.conv_general_dilated, **kwargs)
+# nn.Conv's constructor fields, which ``Conv`` hands to its inner convolution unchanged.
+_CONV_FIELDS = tuple(f.name for f in dataclasses.fields(nn.Conv)
+                     if f.init and f.name not in ("parent", "name"))
+
+
+class Conv(nn.Conv):
+    """``flax.linen.Conv`` computed by ``jaxvision.ops.conv`` (its CPU formulations), its bias
+    added by ``ops.bias.bias_add`` (the bias gradient as a matrix product on CPU). Same fields,
+    parameters (names, shapes, initial values) and outputs, so checkpoints do not depend on it.
+    Every model's convolution is built through this or ``conv``."""
+
+    conv_general_dilated: Callable[..., Array] | None = conv_ops.conv_general_dilated
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        # flax adds the bias inside nn.Conv, so the convolution runs without it in this
+        # module's own scope (same parameter tree, kernel created first as in nn.Conv).
+        inner = nn.Conv(**{**{k: getattr(self, k) for k in _CONV_FIELDS}, "use_bias": False})
+        nn.share_scope(self, inner)
+        y = inner(inputs)
+        if not self.use_bias:
+            return y
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        y, bias = self.promote_dtype(y, bias, dtype=self.dtype)
+        return bias_ops.bias_add(y, bias)
 
 
 def conv(
@@ -359,7 +381,8 @@ class ConvTranspose(nn.Module):
         dtype = resolve_dtype(self.dtype)
         y = conv_ops.conv_transpose(x.astype(dtype), kernel.astype(dtype), self.stride, self.padding)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(dtype)
+            y = bias_ops.bias_add(y, self.param("bias", nn.initializers.zeros, (self.features,),
+                                                self.param_dtype).astype(dtype))
         return y
 
 
@@ -396,7 +419,7 @@ class FlaxConvTranspose(nn.Module):
                                         rhs_dilation=self.kernel_dilation,
                                         transpose_kernel=self.transpose_kernel,
                                         precision=self.precision)
-        return y if bias is None else y + bias
+        return y if bias is None else bias_ops.bias_add(y, bias)
 
 
 TAP_COLLECTION = "taps"

@@ -70,6 +70,24 @@ def _macs(module: nn.Module, own: dict[str, Any], in_shape: Any, out_shape: Any)
     return 0
 
 
+def _layer_calls(visit: Any) -> Any:
+    """An interceptor for ``nn.intercept_methods`` that hands ``visit(next_fun, args, kwargs,
+    context)`` each module's ``__call__``, but not other methods, nor a module called within
+    another of the same scope (``layers.Conv``'s inner ``nn.Conv``): one call per layer."""
+    open_paths: list[tuple[str, ...]] = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        path = tuple(context.module.path)
+        if context.method_name != "__call__" or (open_paths and open_paths[-1] == path):
+            return next_fun(*args, **kwargs)
+        open_paths.append(path)
+        try:
+            return visit(next_fun, args, kwargs, context)
+        finally:
+            open_paths.pop()
+    return interceptor
+
+
 def summarize(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -103,9 +121,7 @@ def summarize(
 
     records: list[dict[str, Any]] = []
 
-    def interceptor(next_fun, args, kwargs, context):
-        if context.method_name != "__call__":
-            return next_fun(*args, **kwargs)
+    def visit(next_fun, args, kwargs, context):
         record = {"module": context.module, "path": tuple(context.module.path)}
         records.append(record)  # before the call, so rows come in call order
         record["in"] = _shape(args[0]) if args else None
@@ -116,7 +132,7 @@ def summarize(
     def apply(variables, x):
         return model.apply(variables, x, rngs={"dropout": jax.random.key(2)}, **call_kwargs)
 
-    with nn.intercept_methods(interceptor):
+    with nn.intercept_methods(_layer_calls(visit)):
         jax.eval_shape(apply, variables, x)
     fields = _fields(apply, variables, x, len(records))
 
@@ -158,16 +174,14 @@ def _fields(apply: Any, variables: Any, x: Any, count: int) -> list:
     def collect(x, variables):
         outs: list = []
 
-        def interceptor(next_fun, args, kwargs, context):
-            if context.method_name != "__call__":
-                return next_fun(*args, **kwargs)
+        def visit(next_fun, args, kwargs, context):
             slot = len(outs)
             outs.append(None)
             out = next_fun(*args, **kwargs)
             leaves = [v for v in jax.tree.leaves(out) if hasattr(v, "shape")]
             outs[slot] = leaves[0] if leaves else jnp.zeros(())
             return out
-        with nn.intercept_methods(interceptor):
+        with nn.intercept_methods(_layer_calls(visit)):
             apply(variables, x)
         return outs
     try:

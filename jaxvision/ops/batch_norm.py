@@ -1,14 +1,11 @@
 """Batch norm in training, with its per-channel sums as matrix products (for XLA:CPU).
 
 Batch norm sums over every axis but the channels: the mean and the mean square forward, and
-``sum(dy)`` and ``sum(dy * x)`` backward. XLA:CPU (jaxlib 0.10, YNNPACK off as ``import
-jaxvision`` sets) rewrites each such reduction into a ``reduce-window`` over blocks of 32 rows
-(its tree-reduction pass, kept for accuracy) whose loop, with the elementwise work fused into
-it, reads the channels-last tensor one channel at a time. Written as ``ones @ x`` over the
-(rows, C) matrix, the same sums run in Eigen's matrix product in one pass, with blocked
-accumulation. In ResNet-20's train step (batch 128) the reductions took ~150 ms of the two
-threads' time with ``flax.linen.BatchNorm`` against ~37 ms for the products, and one layer's
-forward and backward pass runs 1.4-3.7x faster (``benchmarks/batch_norm.py``;
+``sum(dy)`` and ``sum(dy * x)`` backward. Each is a matrix product here
+(``ops.bias.channel_sums``), since XLA:CPU's own reduction over a channels-last tensor is slow.
+In ResNet-20's train step (batch 128) the reductions took ~150 ms of the two threads' time
+with ``flax.linen.BatchNorm`` against ~37 ms for the products, and one layer's forward and
+backward pass runs 1.4-3.7x faster (``benchmarks/batch_norm.py``;
 ``benchmarks/NOTES.md``, "Batch norm by matrix products").
 
 ``batch_norm_train`` is a ``jax.custom_vjp``, because autodiff of the forward would bring the
@@ -35,6 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxvision.ops import conv as conv_ops
+from jaxvision.ops.bias import channel_sums
 
 
 # Below this many elements a batch norm keeps flax's form (``applies``): the products add XLA
@@ -50,19 +48,6 @@ def applies(shape: Sequence[Any], backend: str | None = None) -> bool:
     return conv_ops.cpu_rewrite(shape, MIN_ELEMENTS, backend)
 
 
-def _channel_sums(*arrays: jax.Array) -> jax.Array:
-    """(len(arrays), C): the sum over all but the last axis of each (..., C) array, in float32 or
-    wider, as ``ones @ a.reshape(-1, C)``."""
-    acc = jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
-    rows = math.prod(arrays[0].shape[:-1])
-    # Two rows of ones, one of them wasted: XLA:CPU compiles a matrix-vector product into
-    # generated code (~16 ms of compile time each) but calls Eigen for a matrix-matrix product
-    # (~7 ms), and the sum, bound by reading the input, runs as fast.
-    ones = jnp.ones((2, rows), acc)
-    return jnp.stack([jnp.dot(ones, a.astype(acc).reshape(rows, a.shape[-1]),
-                              preferred_element_type=acc)[0] for a in arrays])
-
-
 def _global(sums: jax.Array, rows: int, axis_name: str | None) -> tuple[jax.Array, Any]:
     """``sums`` and the row count over every replica of ``axis_name`` (this one's without)."""
     if axis_name is None:
@@ -73,7 +58,7 @@ def _global(sums: jax.Array, rows: int, axis_name: str | None) -> tuple[jax.Arra
 def _stats(x, epsilon, axis_name):
     rows = math.prod(x.shape[:-1])
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    (s1, s2), n = _global(_channel_sums(xf, xf * xf), rows, axis_name)
+    (s1, s2), n = _global(channel_sums(xf, xf * xf), rows, axis_name)
     mean = s1 / n
     var = jnp.maximum(0.0, s2 / n - mean * mean)   # as flax: the fast variance can round below 0
     return mean, var, lax.rsqrt(var + epsilon), n
@@ -109,7 +94,7 @@ def _bwd(epsilon, axis_name, res, cts):
     acc = jnp.promote_types(jnp.result_type(x, scale, bias), jnp.float32)
     dy = dy.astype(acc)
     xf = x.astype(acc)
-    local = _channel_sums(dy, dy * xf)             # sum(dy), sum(dy * x) over this replica's rows
+    local = channel_sums(dy, dy * xf)             # sum(dy), sum(dy * x) over this replica's rows
     (sdy, sdyx), n = _global(local, math.prod(x.shape[:-1]), axis_name)
     # sum(dy * xhat) = rstd * (sum(dy * x) - mean * sum(dy)), here and per replica.
     dscale = rstd * (local[1] - mean * local[0])

@@ -8,10 +8,11 @@ one pass. Two such sums are in every conv net's train step:
 
 * batch norm's statistics and their gradients (``ops.batch_norm``, over ``channel_sums``);
 * a convolution's bias gradient, ``sum(dy)`` over (N, H, W): ``bias_add``, which
-  ``models.layers.Conv`` and ``ConvTranspose`` add their bias with. With the ReLU's mask fused
-  in, XLA's reduction took ~110 ms of AlexNet's ~1,000 ms step at batch 32; for one layer's
-  ``relu(y + b)`` gradient at AlexNet's shapes, 30 / 14 / 6.0 / 4.9 ms against 14 / 2.4 / 1.2 /
-  0.8 ms as a product (``benchmarks/NOTES.md``, "Bias gradients as matrix products").
+  ``models.layers.Conv`` and ``ConvTranspose`` add their bias with. One layer's ``relu(y + b)``
+  gradient at AlexNet's shapes took 30 / 14 / 6.0 / 4.9 ms with XLA's reduction against 14 /
+  2.4 / 1.2 / 0.8 ms as a product; the train step ran 1.10x faster on LeNet-5 and 1.05x on
+  U-Net, and the same on AlexNet and VGG-11, where XLA ran the reductions beside the
+  convolutions (``benchmarks/NOTES.md``, "Bias gradients as matrix products").
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from jaxvision.ops import conv as conv_ops
 MIN_ELEMENTS = 2**17
 # With few channels XLA's reduction is fast and the product is not: U-Net's 3-class classifier
 # output (16, 64, 64, 3) took 0.30 ms with XLA's against 0.85 ms; 6 channels gained 5-10%, 8 tied,
-# 16 and more gained 1.6-5x.
+# 16 and more gained 1.3-6x.
 MIN_CHANNELS = 6
 
 

@@ -227,9 +227,10 @@ def concrete(*shapes: Sequence[Any]) -> bool:
 
 def cpu_rewrite(shape: Sequence[Any], min_elements: int, backend: str | None = None) -> bool:
     """Whether one of this project's CPU rewrites (materialized convolution inputs,
-    ``pool``'s backward pass, ``batch_norm``'s products) applies to an array of ``shape``: XLA's
-    formulations are not in force (``xla_only``), every dimension is concrete, and it has at
-    least ``min_elements`` elements (a smaller one would not pay back the compile time)."""
+    ``pool``'s backward pass, ``batch_norm``'s and ``bias``'s products) applies to an array of
+    ``shape``: XLA's formulations are not in force (``xla_only``), every dimension is concrete,
+    and it has at least ``min_elements`` elements (a smaller one would not pay back the compile
+    time)."""
     return not xla_only(backend) and concrete(shape) and math.prod(shape) >= min_elements
 
 
@@ -242,9 +243,9 @@ def _setting() -> str:
 
 
 def xla_only(backend: str | None = None) -> bool:
-    """True where XLA's own formulations run everywhere (convolutions, ``pool``'s pooling and
-    flax's batch norm in training, not ``ops.batch_norm``'s): under ``JAXVISION_CONV_GRAD=xla``,
-    within ``as_lax()`` and off CPU."""
+    """True where XLA's own formulations run everywhere (convolutions, ``pool``'s pooling,
+    flax's batch norm in training, not ``ops.batch_norm``'s, and plain bias adds): under
+    ``JAXVISION_CONV_GRAD=xla``, within ``as_lax()`` and off CPU."""
     return (_AS_LAX.get() or _setting() == "xla"
             or (backend or jax.default_backend()) != "cpu")
 

@@ -48,23 +48,29 @@ def channel_sums(*arrays: jax.Array) -> jax.Array:
                               preferred_element_type=acc)[0] for a in arrays])
 
 
-def applies(shape: Sequence[Any], backend: str | None = None) -> bool:
+def applies(shape: Sequence[Any], backend: str | None = None, dtype: Any = None) -> bool:
     """Whether ``bias_add`` differentiates its bias by a matrix product for an output of
-    ``shape`` (..., C): on CPU (outside ``JAXVISION_CONV_GRAD=xla`` and ``conv.as_lax()``), for
-    static shapes of at least ``MIN_ELEMENTS`` elements and ``MIN_CHANNELS`` channels."""
-    return (len(shape) >= 2 and conv_ops.cpu_rewrite(shape, MIN_ELEMENTS, backend)
-            and shape[-1] >= MIN_CHANNELS)
+    ``shape`` (..., C) and float ``dtype``: on CPU (outside ``JAXVISION_CONV_GRAD=xla`` and
+    ``conv.as_lax()``), for static shapes of at least ``MIN_ELEMENTS`` elements and
+    ``MIN_CHANNELS`` channels, and in 16-bit floats at any size: XLA:CPU sums a bfloat16
+    reduction in bfloat16 (over 2,048 ones it returns 256), the product in float32."""
+    if len(shape) < 2:
+        return False
+    if dtype is not None and jnp.finfo(dtype).bits < 32:
+        return conv_ops.cpu_rewrite(shape, 0, backend)
+    return conv_ops.cpu_rewrite(shape, MIN_ELEMENTS, backend) and shape[-1] >= MIN_CHANNELS
 
 
 def bias_add(y: jax.Array, bias: jax.Array) -> jax.Array:
     """``y + bias`` for ``y`` (..., C) and ``bias`` (C,) of one float dtype; returns (..., C).
 
     Where ``applies``, the sum over (...) that differentiating the broadcast needs is a matrix
-    product (forward and reverse mode; derivatives of any order): same values, gradients equal
-    up to float32 rounding. Otherwise, and for other shapes or mixed dtypes, it is ``y + bias``."""
+    product summed in float32 (forward and reverse mode; derivatives of any order): same values,
+    gradients equal up to float32 rounding. Otherwise, and for other shapes or mixed dtypes, it
+    is ``y + bias``."""
     if (bias.ndim == 1 and bias.shape == y.shape[-1:]
             and y.dtype == bias.dtype and jnp.issubdtype(y.dtype, jnp.floating)
-            and applies(y.shape)):
+            and applies(y.shape, dtype=y.dtype)):
         return _bias_add(y, bias)
     return y + bias
 

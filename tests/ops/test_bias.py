@@ -86,12 +86,18 @@ def test_second_derivatives_and_forward_mode_match_the_plain_add():
     np.testing.assert_allclose(per_example.sum(0), _PLAIN(y, b, g)[1][1], rtol=1e-4, atol=1e-3)
 
 
-def test_bfloat16_sums_in_float32():
+def test_bfloat16_sums_in_float32_at_any_size():
     y, b, g = (a.astype(jnp.bfloat16) for a in _data(SHAPE))
     db = jax.grad(lambda b: jnp.sum(B.bias_add(y, b).astype(jnp.float32) * g))(b)
     assert db.dtype == jnp.bfloat16
     ref = np.asarray(g, np.float64).reshape(-1, SHAPE[-1]).sum(0)
     np.testing.assert_allclose(np.asarray(db, np.float64), ref, rtol=1e-2, atol=0.5)
+    # Below the floors, 3 channels: 2,048 rows of ones sum to 2,048 (XLA's bfloat16 sum: 256).
+    small = jnp.zeros((2, 32, 32, 3), jnp.bfloat16)
+    assert not B.applies(small.shape) and B.applies(small.shape, dtype=jnp.bfloat16)
+    db = jax.jit(jax.grad(lambda b: jnp.sum(B.bias_add(small, b).astype(jnp.float32))))(
+        jnp.zeros(3, jnp.bfloat16))
+    np.testing.assert_array_equal(np.asarray(db, np.float32), [2048.0] * 3)
 
 
 class _Net(nn.Module):
@@ -102,7 +108,7 @@ class _Net(nn.Module):
     def __call__(self, x):
         x = self.conv(32, (3, 3), name="c1", dtype=self.dtype,
                       bias_init=nn.initializers.normal(1.0))(x)
-        x = self.conv(32, (3, 3), name="c2", use_bias=False, dtype=self.dtype)(x)
+        x = self.conv(32, (3, 3), strides=2, name="c2", use_bias=False, dtype=self.dtype)(x)
         return self.conv(32, (1, 1), padding="VALID", name="c3", dtype=self.dtype)(jnp.tanh(x))
 
 
@@ -120,7 +126,8 @@ def test_conv_has_flax_conv_parameters_outputs_and_gradients(dtype):
         return jax.jit(jax.value_and_grad(lambda p: jnp.sum(net.apply(p, x).astype(jnp.float32))))
 
     # Against flax's convolution in float32: in bfloat16, XLA:CPU sums flax's bias gradient in
-    # bfloat16 (over 2 * 64 * 64 rows of ones it stops at 256 = 256 + 1), ours in float32.
+    # bfloat16 (over 2 * 64 * 64 rows of ones it stops at 256 = 256 + 1), ours in float32, c3's
+    # too (2 * 32 * 32 * 32 elements, below the float32 floor).
     (v, grads), (v0, grads0) = loss(ours)(params), loss(_Net(nn.Conv))(params)
     tol = 3e-2 if dtype else 1e-4
     np.testing.assert_allclose(v, v0, rtol=tol)

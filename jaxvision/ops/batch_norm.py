@@ -94,7 +94,7 @@ def _bwd(epsilon, axis_name, res, cts):
     acc = jnp.promote_types(jnp.result_type(x, scale, bias), jnp.float32)
     dy = dy.astype(acc)
     xf = x.astype(acc)
-    local = channel_sums(dy, dy * xf)             # sum(dy), sum(dy * x) over this replica's rows
+    local = channel_sums(dy, dy * xf)              # sum(dy), sum(dy * x) over this replica's rows
     (sdy, sdyx), n = _global(local, math.prod(x.shape[:-1]), axis_name)
     # sum(dy * xhat) = rstd * (sum(dy * x) - mean * sum(dy)), here and per replica.
     dscale = rstd * (local[1] - mean * local[0])

@@ -78,7 +78,6 @@ def test_npz_layout_a(tmp_path):
     np.testing.assert_array_equal(clone[4]["image"], train[4]["image"])
 
 
-
 def test_npz_first_reads_from_many_threads_load_the_file_once(tmp_path, monkeypatch):
     """grain reads with threads: the first examples read at once load the arrays one time, and
     np.load's header parsing (ast, not thread-safe in CPython 3.11) runs in one thread at a
@@ -120,6 +119,7 @@ def test_npz_first_reads_from_many_threads_load_the_file_once(tmp_path, monkeypa
     assert len(loads) == 1 and most[0] == 1
     for i, image in enumerate(images):
         np.testing.assert_array_equal(image, x[i])
+
 
 def test_npz_layout_b_and_errors(tmp_path):
     rng = np.random.default_rng(1)

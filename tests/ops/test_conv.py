@@ -10,6 +10,7 @@ from hypothesis import example, given, settings, strategies as st
 from jax import lax
 
 from jaxvision import cpu_flags
+from jaxvision.ops import bias as bias_ops
 from jaxvision.ops import conv as C
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -264,14 +265,20 @@ def test_zoo_model_gradients_equal_the_plain_convolution_version(monkeypatch, na
     want = grads()
     assert not calls
     monkeypatch.setenv("JAXVISION_CONV_GRAD", "im2col")
-    # The materialized inputs and cotangents too, which these small inputs are otherwise below.
+    # The materialized inputs and cotangents too, which these small inputs are otherwise below,
+    # and the convolutions' bias gradients as products (``ops.bias``).
     monkeypatch.setattr(C, "MIN_MATERIALIZED_ELEMENTS", 0)
     materialized = []
     materializes = C._materializes
     monkeypatch.setattr(C, "_materializes",
                         lambda *a: materializes(*a) and not materialized.append(1))
+    monkeypatch.setattr(bias_ops, "MIN_ELEMENTS", 0)
+    biased = []
+    bias_add = bias_ops._bias_add
+    monkeypatch.setattr(bias_ops, "_bias_add", lambda *a: biased.append(1) or bias_add(*a))
     got = grads()
     assert materialized, f"{name}: no convolution input was materialized"
+    assert bool(biased) == (name in ("lenet5", "alexnet_small", "vgg11")), "convolution biases"
     # flax.linen.Conv passes ConvDimensionNumbers, not strings: the rewrite must still run.
     assert calls, f"{name}: no convolution took the im2col kernel gradient"
     assert bool(forwards) == (name == "vgg11"), "the im2col forward is for tiny maps only"
